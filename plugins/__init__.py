@@ -1,0 +1,1 @@
+"""LiveKit Agents plugins for local models, one folder per model family."""

@@ -1,0 +1,261 @@
+"""faster-whisper as a streaming ``stt.STT``.
+
+Whisper decodes whole utterances, so streaming is built around it: a Silero VAD splits the
+caller's audio into utterances, the growing utterance is re-decoded at a bounded cadence for
+interim transcripts (at most one decode in flight per stream), and the finished utterance is
+decoded once more for the final transcript. Input at any rate is resampled once to 16 kHz;
+decoding runs on a thread pool shared by all calls, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectOptions,
+    stt,
+    utils,
+)
+from livekit.agents import vad as agents_vad
+from livekit.agents.language import LanguageCode
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import AudioBuffer
+
+from .log import logger
+from .models import WhisperOptions, load_model
+
+SAMPLE_RATE = 16000
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process-wide decode pool (one per process, like the model)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="whisper")
+    return _executor
+
+
+def frames_to_pcm(frames: list[rtc.AudioFrame] | rtc.AudioFrame) -> np.ndarray:
+    """Mono float32 samples of 16 kHz frames."""
+    if isinstance(frames, rtc.AudioFrame):
+        frames = [frames]
+    if not frames:
+        return np.zeros(0, dtype=np.float32)
+    parts = []
+    for f in frames:
+        data = np.frombuffer(f.data, dtype=np.int16)
+        if f.num_channels > 1:
+            data = data.reshape(-1, f.num_channels).mean(axis=1)
+        parts.append(data.astype(np.float32) / 32768.0)
+    return np.concatenate(parts)
+
+
+def to_16k(frames: list[rtc.AudioFrame]) -> list[rtc.AudioFrame]:
+    """Resample frames of one rate to 16 kHz (a no-op when they already are)."""
+    if not frames or frames[0].sample_rate == SAMPLE_RATE:
+        return frames
+    resampler = rtc.AudioResampler(
+        frames[0].sample_rate,
+        SAMPLE_RATE,
+        num_channels=frames[0].num_channels,
+        quality=rtc.AudioResamplerQuality.HIGH,
+    )
+    out: list[rtc.AudioFrame] = []
+    for f in frames:
+        out.extend(resampler.push(f))
+    out.extend(resampler.flush())
+    return out
+
+
+@dataclass
+class _Utterance:
+    id: str
+    chunks: list[np.ndarray]
+    samples: int = 0
+    decoded_samples: int = 0
+    finalising: bool = False
+
+
+class STT(stt.STT):
+    """Whisper via faster-whisper, with streaming built on a VAD."""
+
+    def __init__(
+        self,
+        *,
+        opts: WhisperOptions,
+        vad: agents_vad.VAD | None = None,
+        interim_interval: float = 0.6,
+        min_silence: float = 0.35,
+    ) -> None:
+        super().__init__(
+            capabilities=stt.STTCapabilities(
+                streaming=True, interim_results=True, offline_recognize=True
+            )
+        )
+        self._opts = opts
+        self._model = load_model(opts)
+        self._pool = _pool(opts.num_workers)
+        self._interim_interval = max(0.2, interim_interval)
+        if vad is None:
+            from livekit.plugins import silero
+
+            vad = silero.VAD.load(min_silence_duration=min_silence, prefix_padding_duration=0.3)
+        self._vad = vad
+
+    @property
+    def model(self) -> str:
+        return self._opts.model
+
+    @property
+    def provider(self) -> str:
+        return "faster-whisper"
+
+    def transcribe_pcm(self, pcm: np.ndarray, language: str | None = None) -> str:
+        """Decode 16 kHz mono float32 samples; blocking, so call it off the event loop."""
+        if pcm.size < SAMPLE_RATE // 10:
+            return ""
+        segments, _ = self._model.transcribe(
+            pcm,
+            language=language or self._opts.language,
+            beam_size=self._opts.beam_size,
+            # one temperature: fallback retries cost seconds on short utterances
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
+        )
+        texts = [s.text for s in segments if not (s.no_speech_prob > 0.6 and s.avg_logprob < -1.0)]
+        return " ".join(t.strip() for t in texts).strip()
+
+    async def transcribe_async(self, pcm: np.ndarray, language: str | None = None) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.transcribe_pcm, pcm, language)
+
+    async def _recognize_impl(
+        self,
+        buffer: AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        frames = buffer if isinstance(buffer, list) else [buffer]
+        pcm = frames_to_pcm(to_16k(frames))
+        lang = language if utils.is_given(language) else self._opts.language
+        text = await self.transcribe_async(pcm, lang)
+        return stt.SpeechEvent(
+            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+            request_id=uuid.uuid4().hex,
+            alternatives=[stt.SpeechData(language=LanguageCode(lang), text=text, confidence=1.0)],
+        )
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> SpeechStream:
+        lang = language if utils.is_given(language) else self._opts.language
+        return SpeechStream(stt=self, conn_options=conn_options, language=lang)
+
+
+class SpeechStream(stt.RecognizeStream):
+    """One caller's audio in, interim and final transcripts out."""
+
+    def __init__(self, *, stt: STT, conn_options: APIConnectOptions, language: str) -> None:
+        super().__init__(stt=stt, conn_options=conn_options, sample_rate=SAMPLE_RATE)
+        self._whisper = stt
+        self._language = language
+        self._utt: _Utterance | None = None
+        self._final_lock = asyncio.Lock()
+
+    def _emit(self, kind: stt.SpeechEventType, utt_id: str, text: str = "") -> None:
+        alts = (
+            [stt.SpeechData(language=LanguageCode(self._language), text=text, confidence=1.0)]
+            if text
+            else []
+        )
+        self._event_ch.send_nowait(stt.SpeechEvent(type=kind, request_id=utt_id, alternatives=alts))
+
+    async def _run(self) -> None:
+        vad_stream = self._whisper._vad.stream()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def finalise(utt: _Utterance, pcm: np.ndarray) -> None:
+            async with self._final_lock:  # finals leave in utterance order
+                started = time.perf_counter()
+                text = await self._whisper.transcribe_async(pcm, self._language)
+                logger.debug("final in %.0f ms: %r", (time.perf_counter() - started) * 1e3, text)
+                if text:
+                    self._emit(stt.SpeechEventType.FINAL_TRANSCRIPT, utt.id, text)
+                self._event_ch.send_nowait(
+                    stt.SpeechEvent(
+                        type=stt.SpeechEventType.RECOGNITION_USAGE,
+                        request_id=utt.id,
+                        recognition_usage=stt.RecognitionUsage(
+                            audio_duration=pcm.size / SAMPLE_RATE
+                        ),
+                    )
+                )
+                self._emit(stt.SpeechEventType.END_OF_SPEECH, utt.id)
+
+        async def on_vad() -> None:
+            async for ev in vad_stream:
+                if ev.type == agents_vad.VADEventType.START_OF_SPEECH:
+                    head = frames_to_pcm(ev.frames)
+                    self._utt = _Utterance(
+                        id=uuid.uuid4().hex[:12], chunks=[head], samples=head.size
+                    )
+                    self._emit(stt.SpeechEventType.START_OF_SPEECH, self._utt.id)
+                elif ev.type == agents_vad.VADEventType.END_OF_SPEECH and self._utt is not None:
+                    utt, self._utt = self._utt, None
+                    utt.finalising = True
+                    pcm = frames_to_pcm(ev.frames) if ev.frames else np.concatenate(utt.chunks)
+                    t = asyncio.create_task(finalise(utt, pcm))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+
+        async def interims() -> None:
+            step = int(self._whisper._interim_interval * SAMPLE_RATE)
+            while True:
+                await asyncio.sleep(self._whisper._interim_interval)
+                utt = self._utt
+                if utt is None or utt.samples - utt.decoded_samples < step:
+                    continue
+                utt.decoded_samples = utt.samples
+                pcm = np.concatenate(utt.chunks)[-30 * SAMPLE_RATE :]
+                text = await self._whisper.transcribe_async(pcm, self._language)
+                if text and not utt.finalising and self._utt is utt:
+                    self._emit(stt.SpeechEventType.INTERIM_TRANSCRIPT, utt.id, text)
+
+        vad_task = asyncio.create_task(on_vad())
+        interim_task = asyncio.create_task(interims())
+        try:
+            async for item in self._input_ch:
+                if isinstance(item, self._FlushSentinel):
+                    continue
+                vad_stream.push_frame(item)
+                utt = self._utt
+                if utt is not None:
+                    chunk = frames_to_pcm(item)
+                    utt.chunks.append(chunk)
+                    utt.samples += chunk.size
+            vad_stream.end_input()
+            await vad_task
+            if self._utt is not None:  # input ended mid-utterance
+                utt, self._utt = self._utt, None
+                utt.finalising = True
+                await finalise(utt, np.concatenate(utt.chunks))
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            await utils.aio.cancel_and_wait(interim_task, vad_task, *tasks)
+            await vad_stream.aclose()

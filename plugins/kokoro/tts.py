@@ -1,0 +1,175 @@
+"""Kokoro-82M as a streaming ``tts.TTS``.
+
+Text arrives token by token from the LLM; it is cut into sentences, long sentences into
+clauses, and each piece is synthesised on a worker thread as soon as it is complete, so the
+first sentence's audio goes out while the LLM is still writing the rest. Pieces are short so
+that an interrupted reply stops after at most one piece of wasted work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectOptions,
+    tokenize,
+    tts,
+)
+
+from .log import logger
+from .models import KokoroOptions, load_kokoro
+
+SAMPLE_RATE = 24000
+PAUSE_AFTER_PIECE = 0.12
+MAX_PIECE_WORDS = 12
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One synthesis thread per process: onnxruntime already uses every core per run."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kokoro")
+    return _executor
+
+
+class UnknownVoiceError(ValueError):
+    """A voice name the loaded voice table does not have."""
+
+
+_CLAUSE_BREAK = re.compile(r"(?<=[,;:])\s+")
+
+
+def split_pieces(sentence: str, max_words: int = MAX_PIECE_WORDS) -> list[str]:
+    """Split a long sentence at clause marks into pieces of about ``max_words`` words."""
+    if len(sentence.split()) <= max_words:
+        return [sentence]
+    pieces: list[str] = []
+    current = ""
+    for clause in _CLAUSE_BREAK.split(sentence):
+        candidate = f"{current} {clause}".strip()
+        if current and len(candidate.split()) > max_words:
+            pieces.append(current)
+            current = clause
+        else:
+            current = candidate
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+class TTS(tts.TTS):
+    """Kokoro-82M, 24 kHz mono, sentence-streamed."""
+
+    def __init__(self, *, opts: KokoroOptions) -> None:
+        super().__init__(
+            capabilities=tts.TTSCapabilities(streaming=True),
+            sample_rate=SAMPLE_RATE,
+            num_channels=1,
+        )
+        self._opts = opts
+        self._kokoro = load_kokoro(opts.model_path, opts.voices_path)
+        voices = self.voices
+        if opts.voice not in voices:
+            raise UnknownVoiceError(
+                f"unknown Kokoro voice {opts.voice!r}; valid voices: {', '.join(voices)}"
+            )
+        if not 0.5 <= opts.speed <= 2.0:
+            raise ValueError(f"Kokoro speed must be between 0.5 and 2.0, got {opts.speed}")
+        self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
+
+    @property
+    def voices(self) -> list[str]:
+        voices: Any = self._kokoro.voices  # an NpzFile, typed as an array upstream
+        return sorted(voices.files)
+
+    @property
+    def model(self) -> str:
+        return "kokoro-82m"
+
+    @property
+    def provider(self) -> str:
+        return "kokoro-onnx"
+
+    def synthesize_pcm(self, text: str) -> np.ndarray:
+        """Blocking: int16 samples for one piece of text, followed by a short pause."""
+        text = text.strip()
+        if not any(c.isalnum() for c in text):
+            return np.zeros(0, dtype=np.int16)
+        audio, _ = self._kokoro.create(
+            text, voice=self._opts.voice, speed=self._opts.speed, lang=self._opts.lang
+        )
+        pause = np.zeros(int(PAUSE_AFTER_PIECE * SAMPLE_RATE), dtype=np.float32)
+        full = np.concatenate([np.asarray(audio, dtype=np.float32), pause])
+        return (np.clip(full, -1.0, 1.0) * 32767).astype(np.int16)
+
+    async def synthesize_async(self, text: str) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_pool(), self.synthesize_pcm, text)
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return self._synthesize_with_stream(text, conn_options=conn_options)
+
+    def stream(
+        self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> SynthesizeStream:
+        return SynthesizeStream(tts=self, conn_options=conn_options)
+
+
+class SynthesizeStream(tts.SynthesizeStream):
+    """Text in as it is generated, audio out piece by piece."""
+
+    def __init__(self, *, tts: TTS, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, conn_options=conn_options)
+        self._kokoro_tts = tts
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        request_id = uuid.uuid4().hex[:12]
+        output_emitter.initialize(
+            request_id=request_id,
+            sample_rate=SAMPLE_RATE,
+            num_channels=1,
+            mime_type="audio/pcm",
+            stream=True,
+        )
+        sentences = self._kokoro_tts._sentences.stream()
+
+        async def feed() -> None:
+            async for data in self._input_ch:
+                if isinstance(data, self._FlushSentinel):
+                    sentences.flush()
+                else:
+                    sentences.push_text(data)
+            sentences.end_input()
+
+        feed_task = asyncio.create_task(feed())
+        segment_open = False
+        try:
+            async for ev in sentences:
+                for piece in split_pieces(ev.token):
+                    if not segment_open:
+                        output_emitter.start_segment(segment_id=request_id)
+                        segment_open = True
+                    self._mark_started()
+                    pcm = await self._kokoro_tts.synthesize_async(piece)
+                    if pcm.size:
+                        output_emitter.push(pcm.tobytes())
+            if segment_open:
+                output_emitter.end_segment()
+            await feed_task
+        except asyncio.CancelledError:
+            logger.debug("synthesis %s cancelled", request_id)
+            raise
+        finally:
+            if not feed_task.done():
+                feed_task.cancel()
+            await sentences.aclose()

@@ -1,0 +1,163 @@
+"""Runs llama.cpp's OpenAI-compatible server as a child process on 127.0.0.1.
+
+Used when no LLM endpoint is configured, so a laptop with no GPU still has an LLM. The server
+gets a free loopback port, is polled until it answers, and is stopped (SIGTERM, then SIGKILL)
+when the worker exits; on Linux it also gets SIGTERM if the worker dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from ..vllm.log import logger
+
+
+class EmbeddedServerError(RuntimeError):
+    """The embedded server could not be started; the message says why."""
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to send SIGTERM when the worker process dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedLLMServer:
+    """A llama.cpp server process serving one GGUF under one model alias."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        alias: str = "smollm2",
+        threads: int = 2,
+        ctx: int = 4096,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+    ) -> None:
+        self._model = model
+        self._alias = alias
+        self._threads = threads
+        self._ctx = ctx
+        self._host = host
+        self._port = 0
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self._port}/v1"
+
+    @property
+    def alias(self) -> str:
+        return self._alias
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _command(self) -> list[str]:
+        try:
+            import llama_cpp.server  # noqa: F401
+        except ImportError as e:
+            raise EmbeddedServerError(
+                "the embedded LLM needs llama-cpp-python[server]; install it with "
+                "`pip install -e '.[embedded-llm]'` or set WORKER_LLM__BASE_URL to a vLLM server"
+            ) from e
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server",
+            "--host", self._host, "--port", str(self._port),
+            "--model_alias", self._alias,
+            "--n_threads", str(self._threads), "--n_threads_batch", str(self._threads),
+            "--n_ctx", str(self._ctx), "--verbose", "False",
+        ]  # fmt: skip
+        if ":" in self._model and not Path(self._model).exists():
+            repo, filename = self._model.split(":", 1)
+            cmd += ["--hf_model_repo_id", repo, "--model", filename]
+        else:
+            cmd += ["--model", self._model]
+        return cmd
+
+    async def start(self, ready_within: float = 60.0) -> None:
+        """Start the process and wait until it serves its model list."""
+        if self._proc is not None:
+            return
+        self._port = free_port(self._host)
+        cmd = self._command()
+        log: Any = subprocess.DEVNULL
+        if self._log_path is not None:
+            log = self._log_file = open(self._log_path, "ab")  # noqa: ASYNC230 (quick, local)
+        logger.info("starting embedded LLM server on %s (%s)", self.base_url, self._model)
+        self._proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec; we do not wait on it)
+            cmd,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + ready_within
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    raise EmbeddedServerError(
+                        f"embedded LLM server exited with code {self._proc.returncode}"
+                        + (f"; see {self._log_path}" if self._log_path else "")
+                    )
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(
+                        f"{self.base_url}/models", timeout=aiohttp.ClientTimeout(total=1)
+                    ) as r:
+                        if r.status == 200:
+                            logger.info("embedded LLM server ready (pid %s)", self._proc.pid)
+                            return
+                await asyncio.sleep(0.2)
+        self.stop()
+        raise EmbeddedServerError(f"embedded LLM server not ready after {ready_within:.0f}s")
+
+    def stop(self, grace: float = 3.0) -> None:
+        """Stop the process group, politely first."""
+        proc, self._proc = self._proc, None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        logger.info("embedded LLM server stopped")
+
+    def kill(self) -> None:
+        """Kill at once (tests of a dying endpoint use this)."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()

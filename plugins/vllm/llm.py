@@ -1,0 +1,220 @@
+"""An ``llm.LLM`` over an OpenAI-compatible chat completions endpoint (vLLM, llama.cpp).
+
+Written on aiohttp rather than a vendor SDK so that the HTTP stream is ours: when a reply is
+interrupted or a speculative one cancelled, the response is closed at once and the server
+(vLLM aborts on disconnect) stops generating. A model may be a LoRA adapter name served by vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectionError,
+    APIConnectOptions,
+    APIStatusError,
+    APITimeoutError,
+    llm,
+)
+from livekit.agents.llm import ToolChoice
+from livekit.agents.llm._provider_format.openai import to_fnc_ctx
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+
+from .log import logger
+
+
+@dataclass
+class LLMOptions:
+    """Where the endpoint is and how to ask it."""
+
+    base_url: str
+    model: str
+    api_key: str = ""
+    temperature: float = 0.4
+    max_tokens: int = 120
+    connect_timeout: float = 2.0
+    timeout: float = 10.0
+    """Seconds allowed until the first token and between tokens."""
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+class LLM(llm.LLM):
+    """OpenAI-compatible streaming chat completions."""
+
+    def __init__(self, *, opts: LLMOptions) -> None:
+        super().__init__()
+        self._opts = opts
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def model(self) -> str:
+        return self._opts.model
+
+    @property
+    def provider(self) -> str:
+        return "vllm"
+
+    @property
+    def options(self) -> LLMOptions:
+        return self._opts
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._opts.connect_timeout)
+            )
+        return self._session
+
+    def chat(
+        self,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> LLMStream:
+        body: dict[str, Any] = dict(self._opts.extra_body)
+        if isinstance(extra_kwargs, dict):
+            body.update(extra_kwargs)
+        if tools:
+            body["tools"] = to_fnc_ctx(llm.ToolContext(tools), strict=False)
+            if isinstance(tool_choice, str | dict):
+                body["tool_choice"] = tool_choice
+        return LLMStream(
+            self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options, body=body
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class LLMStream(llm.LLMStream):
+    """One streamed completion; closing it closes the HTTP response."""
+
+    def __init__(
+        self,
+        llm_: LLM,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool],
+        conn_options: APIConnectOptions,
+        body: dict[str, Any],
+    ) -> None:
+        super().__init__(llm_, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
+        self._llm_impl = llm_
+        self._body = body
+
+    async def _run(self) -> None:
+        opts = self._llm_impl.options
+        messages, _ = self._chat_ctx.to_provider_format("openai")
+        payload = {
+            "model": opts.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": opts.temperature,
+            "max_tokens": opts.max_tokens,
+            **self._body,
+        }
+        headers = {"Content-Type": "application/json"}
+        if opts.api_key:
+            headers["Authorization"] = f"Bearer {opts.api_key}"
+        url = opts.base_url.rstrip("/") + "/chat/completions"
+        request_id = uuid.uuid4().hex[:12]
+        tool_calls: dict[int, dict[str, str]] = {}
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(opts.connect_timeout + opts.timeout):
+                resp = await self._llm_impl._http().post(url, json=payload, headers=headers)
+            async with resp:
+                if resp.status != 200:
+                    text = (await resp.text())[:500]
+                    raise APIStatusError(
+                        f"LLM endpoint answered {resp.status}: {text}",
+                        status_code=resp.status,
+                        body=text,
+                        retryable=resp.status >= 500 or resp.status == 429,
+                    )
+                while True:
+                    async with asyncio.timeout(opts.timeout):
+                        line = await resp.content.readline()
+                    if not line:
+                        break
+                    line = line.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    self._handle(json.loads(data), request_id, tool_calls)
+        except TimeoutError as e:
+            raise APITimeoutError(
+                f"LLM endpoint {opts.base_url} gave no token for {opts.timeout:.1f}s"
+            ) from e
+        except aiohttp.ClientError as e:
+            raise APIConnectionError(f"LLM endpoint {opts.base_url} unreachable: {e}") from e
+        except json.JSONDecodeError as e:
+            raise APIConnectionError(f"LLM endpoint sent malformed data: {e}") from e
+        for call in tool_calls.values():
+            self._event_ch.send_nowait(
+                llm.ChatChunk(
+                    id=request_id,
+                    delta=llm.ChoiceDelta(
+                        role="assistant",
+                        tool_calls=[
+                            llm.FunctionToolCall(
+                                name=call["name"],
+                                arguments=call["arguments"] or "{}",
+                                call_id=call["id"] or uuid.uuid4().hex[:12],
+                            )
+                        ],
+                    ),
+                )
+            )
+        logger.debug(
+            "completion %s done in %.0f ms", request_id, (time.perf_counter() - started) * 1e3
+        )
+
+    def _handle(
+        self, chunk: dict[str, Any], request_id: str, tool_calls: dict[int, dict[str, str]]
+    ) -> None:
+        usage = chunk.get("usage")
+        if usage:
+            self._event_ch.send_nowait(
+                llm.ChatChunk(
+                    id=request_id,
+                    usage=llm.CompletionUsage(
+                        completion_tokens=usage.get("completion_tokens", 0),
+                        prompt_tokens=usage.get("prompt_tokens", 0),
+                        total_tokens=usage.get("total_tokens", 0),
+                    ),
+                )
+            )
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            for tc in delta.get("tool_calls") or []:
+                slot = tool_calls.setdefault(
+                    int(tc.get("index", 0)), {"id": "", "name": "", "arguments": ""}
+                )
+                fn = tc.get("function") or {}
+                slot["id"] = tc.get("id") or slot["id"]
+                slot["name"] += fn.get("name") or ""
+                slot["arguments"] += fn.get("arguments") or ""
+            content = delta.get("content")
+            if content:
+                self._event_ch.send_nowait(
+                    llm.ChatChunk(
+                        id=request_id, delta=llm.ChoiceDelta(role="assistant", content=content)
+                    )
+                )

@@ -1,0 +1,53 @@
+"""The one call interface every transport implements.
+
+A transport owns the wire (WebRTC, SIP/RTP, a Twilio WebSocket, a LiveKit room) and hands the
+session an audio input, an audio output and call control. It knows nothing about models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from .audio_io import PacedAudioOutput, QueueAudioInput
+
+
+class Call:
+    """Base for a live call on some transport."""
+
+    transport: str = "unknown"
+
+    def __init__(self, call_id: str, *, output_rate: int, caller: str | None = None) -> None:
+        self.call_id = call_id
+        self.caller = caller
+        self.audio_input = QueueAudioInput(label=f"{self.transport}-in")
+        self.audio_output = PacedAudioOutput(sample_rate=output_rate, label=f"{self.transport}-out")
+        self.ended = asyncio.Event()
+        self.end_reason = "hangup"
+        self.on_dtmf: Callable[[str], None] | None = None
+        self.on_event: Callable[[dict[str, object]], None] | None = None
+
+    def mark_ended(self, reason: str) -> None:
+        """The far end went away (or we hung up): stop the session."""
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.audio_input.close()
+            self.ended.set()
+
+    def dtmf_received(self, digit: str) -> None:
+        if self.on_dtmf is not None:
+            self.on_dtmf(digit)
+
+    def send_event(self, event: dict[str, object]) -> None:
+        """Push a UI event (transcripts, state) to the caller's client, where there is one."""
+        if self.on_event is not None:
+            self.on_event(event)
+
+    async def hangup(self, reason: str = "agent_hangup") -> None:
+        self.mark_ended(reason)
+
+    async def transfer(self, target: str) -> None:
+        raise NotImplementedError(f"{self.transport} calls cannot be transferred")
+
+    async def send_dtmf(self, digits: str) -> None:
+        raise NotImplementedError(f"{self.transport} calls cannot send DTMF")

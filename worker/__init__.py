@@ -1,0 +1,1 @@
+"""The voice agent worker: CLI, agent, session factory, settings and local transport."""

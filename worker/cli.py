@@ -1,0 +1,362 @@
+"""``python -m worker``: run the agent, fetch models, and debug one stage at a time.
+
+Results go to standard output, logs and progress to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import assets, records
+from .settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("worker")
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed without a traceback, exit status 2."""
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="models and call records (WORKER_DATA_DIR)")
+    common.add_argument("--config", type=Path, help="TOML settings file (WORKER_CONFIG)")
+    common.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    p = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, help_ in (
+        ("dev", "run the agent for development (local web page, or LiveKit if LIVEKIT_URL is set)"),
+        ("start", "run the agent in production mode"),
+    ):
+        sp = sub.add_parser(name, parents=[common], help=help_)
+        sp.add_argument(
+            "--http",
+            type=_host_port,
+            metavar="HOST:PORT",
+            help="address of the local page (default 127.0.0.1:8080)",
+        )
+        sp.add_argument("--max-calls", type=int, default=4, help="concurrent local calls")
+
+    sub.add_parser("console", parents=[common], help="chat with the agent in the terminal (text)")
+
+    dl = sub.add_parser("download-files", parents=[common], help="fetch and check model assets")
+    dl.add_argument(
+        "--with",
+        dest="extra",
+        action="append",
+        default=[],
+        choices=sorted(assets.ASSETS),
+        help="also fetch an optional asset",
+    )
+    dl.add_argument("--all", action="store_true", help="fetch every known asset")
+    dl.add_argument("--force", action="store_true", help="fetch again even if present")
+    dl.add_argument("--verify", action="store_true", help="re-hash installed assets")
+
+    sub.add_parser("check", parents=[common], help="load every model once and time it")
+
+    tr = sub.add_parser("transcribe", parents=[common], help="speech to text of one WAV file")
+    tr.add_argument("file", type=Path)
+
+    say = sub.add_parser("say", parents=[common], help="text to speech into a WAV file")
+    say.add_argument("text")
+    say.add_argument("-o", "--output", type=Path, required=True)
+
+    calls = sub.add_parser("calls", parents=[common], help="list recorded calls")
+    calls.add_argument("--last", action="store_true", help="only the newest call")
+    calls.add_argument("--json", action="store_true", help="print records as JSON")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("faster_whisper", "aioice", "aiortc", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
+    # warns on every sentence that its word count differs after phonemisation; harmless
+    logging.getLogger("phonemizer").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides: dict[str, Any] = {"data_dir": args.data_dir, "log_level": args.log_level}
+        if getattr(args, "http", None):
+            host, port = args.http
+            overrides["http"] = {"host": host, "port": port}
+        settings = load_settings(args.config, **overrides)
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(settings, args)
+    except (CLIError, assets.AssetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
+    names = list(assets.ASSETS) if args.all else assets.default_assets() + list(args.extra)
+    models_dir = settings.models_dir
+    print(f"model assets in {models_dir}", file=sys.stderr)
+    bad = []
+    for name in dict.fromkeys(names):
+        assets.install(models_dir, name, force=args.force)
+        if args.verify and not assets.verify(models_dir, name):
+            bad.append(name)
+    if bad:
+        raise CLIError(f"assets failed verification: {', '.join(bad)}; rerun with --force")
+    print("all model assets are in place", file=sys.stderr)
+    return 0
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.livekit.url:
+        from . import livekit_worker
+
+        livekit_worker.run(settings, dev=args.command == "dev")
+        return 0
+    return asyncio.run(_serve_local(settings, args.max_calls))
+
+
+async def _serve_local(settings: Settings, max_calls: int) -> int:
+    from .local.server import LocalServer
+    from .models import load_models
+
+    print("loading models...", file=sys.stderr)
+    started = time.perf_counter()
+    models = await load_models(settings)
+    server = LocalServer(models, max_calls=max_calls)
+    try:
+        try:
+            await server.start(settings.http.host, settings.http.port)
+        except OSError as e:
+            raise CLIError(
+                f"cannot listen on {settings.http.host}:{settings.http.port}: {e.strerror}; "
+                "pick another with --http HOST:PORT"
+            ) from e
+        url = f"http://{settings.http.host}:{settings.http.port}/"
+        print(
+            f"ready in {time.perf_counter() - started:.1f}s. Open {url} in a browser and "
+            "press Connect (Ctrl+C to stop).",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("stopping...", file=sys.stderr)
+    finally:
+        await server.stop()
+        await models.aclose()
+    return 0
+
+
+def cmd_console(settings: Settings, _args: argparse.Namespace) -> int:
+    return asyncio.run(_console(settings))
+
+
+async def _console(settings: Settings) -> int:
+    from livekit.agents import llm
+
+    from .models import load_models
+
+    models = await load_models(settings, ("llm",))
+    assert models.llm is not None
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="system", content=settings.agent.instructions)
+    print(f"agent: {settings.agent.greeting}  (empty line or Ctrl+D to quit)", flush=True)
+    ctx.add_message(role="assistant", content=settings.agent.greeting)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            line = await loop.run_in_executor(None, _read_line)
+            if not line:
+                break
+            ctx.add_message(role="user", content=line)
+            print("agent: ", end="", flush=True)
+            reply = ""
+            try:
+                async with models.llm.chat(chat_ctx=ctx) as stream:
+                    async for chunk in stream:
+                        if chunk.delta and chunk.delta.content:
+                            reply += chunk.delta.content
+                            print(chunk.delta.content, end="", flush=True)
+            except Exception as e:  # the console keeps going, like a call would
+                reply = settings.agent.apology
+                print(f"{reply} [{e}]", end="")
+            print(flush=True)
+            ctx.add_message(role="assistant", content=reply)
+    finally:
+        await models.aclose()
+    return 0
+
+
+def _read_line() -> str:
+    try:
+        return input("you: ").strip()
+    except EOFError:
+        return ""
+
+
+def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+    return asyncio.run(_check(settings))
+
+
+async def _check(settings: Settings) -> int:
+    from livekit.agents import llm
+
+    from .models import load_models
+
+    models = await load_models(settings)
+    try:
+        print(f"{'part':6} {'loaded':>8}  what")
+        for name, secs in models.load_seconds.items():
+            print(f"{name:6} {secs:7.2f}s  {models.described[name]}")
+        assert models.tts is not None and models.stt is not None and models.llm is not None
+        t = time.perf_counter()
+        pcm = await models.tts.synthesize_async("The check is complete.")
+        tts_s = time.perf_counter() - t
+        from plugins.faster_whisper.stt import SAMPLE_RATE
+        from plugins.kokoro.tts import SAMPLE_RATE as TTS_RATE
+
+        audio = _resample_pcm(pcm, TTS_RATE, SAMPLE_RATE)
+        t = time.perf_counter()
+        heard = await models.stt.transcribe_async(audio)
+        stt_s = time.perf_counter() - t
+        ctx = llm.ChatContext.empty()
+        ctx.add_message(role="user", content="Say OK.")
+        t = time.perf_counter()
+        first: float | None = None
+        async with models.llm.chat(chat_ctx=ctx) as stream:
+            async for chunk in stream:
+                if first is None and chunk.delta and chunk.delta.content:
+                    first = time.perf_counter() - t
+        print(f"tts    {tts_s:7.2f}s  synthesised {pcm.size / TTS_RATE:.2f}s of audio")
+        print(f"stt    {stt_s:7.2f}s  heard {heard!r}")
+        print(f"llm    {first or 0:7.2f}s  to first token")
+    finally:
+        await models.aclose()
+    return 0
+
+
+def _resample_pcm(pcm: Any, src: int, dst: int) -> Any:
+    import numpy as np
+    from livekit import rtc
+
+    resampler = rtc.AudioResampler(src, dst, num_channels=1)
+    frame = rtc.AudioFrame(pcm.astype(np.int16).tobytes(), src, 1, pcm.size)
+    out = [*resampler.push(frame), *resampler.flush()]
+    data = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in out])
+    return data.astype(np.float32) / 32768.0
+
+
+def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
+    from .audio import AudioFileError, read_wav
+    from .models import load_stt
+
+    try:
+        samples, rate = read_wav(args.file)
+    except FileNotFoundError as e:
+        raise CLIError(f"no such file: {args.file}") from e
+    except AudioFileError as e:
+        raise CLIError(str(e)) from e
+    stt = load_stt(settings)
+    audio = _resample_pcm(samples, rate, 16000) if rate != 16000 else samples / 32768.0
+    print(stt.transcribe_pcm(audio.astype("float32")))
+    return 0
+
+
+def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .audio import write_wav
+    from .models import load_tts
+
+    text = args.text.strip()
+    if not text or not any(c.isalnum() for c in text):
+        raise CLIError("nothing to say: the text is empty")
+    tts = load_tts(settings)
+    from plugins.kokoro.tts import SAMPLE_RATE, split_pieces
+
+    started = time.perf_counter()
+    pieces = [tts.synthesize_pcm(p) for s in tts._sentences.tokenize(text) for p in split_pieces(s)]
+    pcm = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+    write_wav(args.output, pcm, SAMPLE_RATE)
+    print(
+        f"wrote {args.output} ({pcm.size / SAMPLE_RATE:.2f}s of audio in "
+        f"{time.perf_counter() - started:.2f}s)"
+    )
+    return 0
+
+
+def cmd_calls(settings: Settings, args: argparse.Namespace) -> int:
+    paths = list(records.iter_calls(settings.calls_dir))
+    if not paths:
+        print(f"no calls recorded in {settings.calls_dir}", file=sys.stderr)
+        return 1 if args.last else 0
+    if args.last:
+        paths = paths[-1:]
+    if args.json:
+        if args.last:
+            print(json.dumps(records.read_records(paths[0]), indent=2, ensure_ascii=False))
+        else:
+            print(json.dumps([_summary_dict(records.summarize(p)) for p in paths], indent=2))
+        return 0
+    print(f"{'call id':26} {'transport':11} {'started':19} {'turns':>5}  ended")
+    for p in paths:
+        s = records.summarize(p)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at))
+        print(f"{s.call_id:26} {s.transport:11} {when:19} {s.turns:5}  {s.ended or '(live)'}")
+    return 0
+
+
+def _summary_dict(s: records.CallSummary) -> dict[str, Any]:
+    return {
+        "call_id": s.call_id, "path": str(s.path), "transport": s.transport,
+        "started_at": s.started_at, "turns": s.turns, "ended": s.ended,
+    }  # fmt: skip
+
+
+_COMMANDS = {
+    "dev": cmd_dev,
+    "start": cmd_dev,
+    "console": cmd_console,
+    "download-files": cmd_download,
+    "check": cmd_check,
+    "transcribe": cmd_transcribe,
+    "say": cmd_say,
+    "calls": cmd_calls,
+}
+
+with contextlib.suppress(Exception):
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)

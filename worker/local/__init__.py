@@ -1,0 +1,1 @@
+"""Embedded local mode: the browser page and its WebRTC transport."""

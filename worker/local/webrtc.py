@@ -1,0 +1,175 @@
+"""The browser transport for embedded local mode: one WebRTC peer connection per call (aiortc).
+
+The browser sends its microphone as Opus; frames are mixed to mono and handed to the session
+untouched (the STT and VAD resample once each to their own rate). The agent's audio leaves at
+24 kHz, paced by the outgoing track in 20 ms frames. A data channel carries live transcripts
+and state to the page, and a ``hangup`` message from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import logging
+import time
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from livekit import rtc
+
+from telephony.call import Call
+
+logger = logging.getLogger("worker.local.webrtc")
+
+OUT_RATE = 24000
+FRAME_MS = 20
+MEDIA_TIMEOUT_S = 10.0
+"""A browser sends audio continuously; this long without any means the page is gone."""
+
+
+class OfferError(ValueError):
+    """An SDP offer we cannot accept; the message is returned to the client."""
+
+
+class _AgentTrack(MediaStreamTrack):
+    """The agent's voice, pulled from the call's paced output in real time."""
+
+    kind = "audio"
+
+    def __init__(self, call: WebRTCCall) -> None:
+        super().__init__()
+        self._call = call
+        self._samples = OUT_RATE * FRAME_MS // 1000
+        self._start: float | None = None
+        self._pts = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += self._samples
+            wait = self._start + self._pts / OUT_RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -0.2:  # we fell behind (a stalled loop): resynchronise, don't burst
+                self._start = time.monotonic() - self._pts / OUT_RATE
+        samples = self._call.audio_output.read(self._samples)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = OUT_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, OUT_RATE)
+        return frame
+
+
+class WebRTCCall(Call):
+    """A browser caller on the local page."""
+
+    transport = "local-web"
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__(call_id, output_rate=OUT_RATE, caller="browser")
+        self.pc = RTCPeerConnection()
+        self._channel: RTCDataChannel | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self.on_event = self._send_event
+
+        @self.pc.on("datachannel")
+        def _on_channel(channel: RTCDataChannel) -> None:
+            self._channel = channel
+
+            @channel.on("message")
+            def _on_message(message: Any) -> None:
+                self._on_client_message(message)
+
+        @self.pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            state = self.pc.connectionState
+            logger.info("call %s: peer connection %s", self.call_id, state)
+            if state in ("failed", "closed"):
+                self.mark_ended("caller_disconnected" if state == "closed" else "connection_failed")
+
+        @self.pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and self._pump is None:
+                self._pump = asyncio.create_task(self._pump_audio(track))
+
+    def _on_client_message(self, message: Any) -> None:
+        try:
+            msg = json.loads(message) if isinstance(message, str) else {}
+        except json.JSONDecodeError:
+            return
+        if isinstance(msg, dict) and msg.get("type") == "hangup":
+            self.mark_ended("caller_hangup")
+        elif (
+            isinstance(msg, dict)
+            and msg.get("type") == "dtmf"
+            and isinstance(msg.get("digit"), str)
+        ):
+            digit = msg["digit"]
+            if len(digit) == 1 and digit in "0123456789*#ABCD":
+                self.dtmf_received(digit)
+
+    def _send_event(self, event: dict[str, object]) -> None:
+        ch = self._channel
+        if ch is not None and ch.readyState == "open":
+            with contextlib.suppress(Exception):
+                ch.send(json.dumps(event))
+
+    async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
+        """Accept the browser's offer and return our answer (ICE gathered, no trickle)."""
+        if kind != "offer":
+            raise OfferError(f"expected an SDP of type 'offer', got {kind!r}")
+        if "m=audio" not in sdp:
+            raise OfferError("the offer has no audio media section")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as e:  # aiortc raises ValueError and friends on bad SDP
+            raise OfferError(f"invalid SDP offer: {e}") from e
+        self.pc.addTrack(_AgentTrack(self))
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription
+
+    async def _pump_audio(self, track: MediaStreamTrack) -> None:
+        """Browser audio into the session, as mono 16-bit frames at the browser's rate."""
+        try:
+            while True:
+                try:
+                    frame = await asyncio.wait_for(track.recv(), MEDIA_TIMEOUT_S)
+                except TimeoutError:
+                    logger.info("call %s: no audio for %.0fs", self.call_id, MEDIA_TIMEOUT_S)
+                    self.mark_ended("media_timeout")
+                    return
+                if not isinstance(frame, av.AudioFrame):
+                    continue
+                arr = frame.to_ndarray()
+                channels = len(frame.layout.channels)
+                if frame.format.is_planar:
+                    mono = arr.mean(axis=0) if arr.shape[0] > 1 else arr[0]
+                else:
+                    mono = (
+                        arr.reshape(-1, channels).mean(axis=1) if channels > 1 else arr.reshape(-1)
+                    )
+                if mono.dtype != np.int16:
+                    mono = np.clip(mono, -32768, 32767)
+                pcm = mono.astype(np.int16)
+                self.audio_input.push(rtc.AudioFrame(pcm.tobytes(), frame.sample_rate, 1, pcm.size))
+        except MediaStreamError:
+            self.mark_ended("caller_disconnected")
+        except asyncio.CancelledError:
+            raise
+
+    async def close(self) -> None:
+        self.mark_ended(self.end_reason)
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+        await self.pc.close()

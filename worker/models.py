@@ -1,0 +1,164 @@
+"""The models a worker process shares across all of its calls, loaded once.
+
+Heavy objects (Whisper, Kokoro, Silero, the end-of-turn model, the embedded LLM server) are
+built here and handed to every session by :mod:`worker.session`; nothing else loads models.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from livekit.agents import vad as agents_vad
+
+from plugins.faster_whisper import STT as WhisperSTT
+from plugins.faster_whisper import WhisperOptions
+from plugins.kokoro import TTS as KokoroTTS
+from plugins.kokoro import KokoroOptions
+from plugins.llama_cpp import EmbeddedLLMServer
+from plugins.vllm import LLM as OpenAICompatLLM
+from plugins.vllm import LLMOptions
+
+from . import assets
+from .settings import Settings
+
+logger = logging.getLogger("worker.models")
+
+ALL_PARTS = ("vad", "turn", "stt", "tts", "llm")
+
+
+@dataclass
+class Models:
+    """Process-wide model instances and how long each took to load."""
+
+    settings: Settings
+    vad: agents_vad.VAD | None = None
+    turn_detector: Any = None
+    stt: WhisperSTT | None = None
+    tts: KokoroTTS | None = None
+    llm: OpenAICompatLLM | None = None
+    embedded_llm: EmbeddedLLMServer | None = None
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    described: dict[str, str] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        if self.llm is not None:
+            await self.llm.aclose()
+        if self.embedded_llm is not None:
+            self.embedded_llm.stop()
+            self.embedded_llm = None
+
+
+def load_vad() -> agents_vad.VAD:
+    from livekit.plugins import silero
+
+    return silero.VAD.load()
+
+
+def load_turn_detector() -> Any:
+    """The local end-of-turn model; never the cloud one."""
+    import livekit.local_inference as local_inference
+    from livekit.agents.inference import TurnDetector
+
+    local_inference.init_eot()  # the weights, once per process (~250 MB)
+    return TurnDetector(version="v1-mini")
+
+
+def load_stt(settings: Settings, vad: agents_vad.VAD | None = None) -> WhisperSTT:
+    s = settings.stt
+    model = assets.resolve(s.model, settings.models_dir)
+    return WhisperSTT(
+        opts=WhisperOptions(
+            model=model, language=s.language, device=s.device, compute_type=s.compute_type,
+            cpu_threads=s.cpu_threads, beam_size=s.beam_size,
+        ),
+        interim_interval=s.interim_interval,
+        min_silence=s.min_silence,
+    )  # fmt: skip
+
+
+def load_tts(settings: Settings) -> KokoroTTS:
+    s = settings.tts
+    model = _resolve_hub_file(assets.resolve(s.model, settings.models_dir))
+    voices = assets.resolve(s.voices, settings.models_dir)
+    return KokoroTTS(
+        opts=KokoroOptions(
+            model_path=model, voices_path=voices, voice=s.voice, speed=s.speed, lang=s.lang
+        )
+    )
+
+
+def _resolve_hub_file(value: str) -> str:
+    """``owner/repo:file`` on a model hub, downloaded once by huggingface_hub."""
+    if ":" in value and "/" in value.split(":", 1)[0] and not value.startswith("/"):
+        from huggingface_hub import hf_hub_download
+
+        repo, filename = value.split(":", 1)
+        return str(hf_hub_download(repo, filename))
+    return value
+
+
+async def load_llm(settings: Settings) -> tuple[OpenAICompatLLM, EmbeddedLLMServer | None]:
+    """The configured endpoint, or an embedded llama.cpp server when none is set."""
+    s = settings.llm
+    server: EmbeddedLLMServer | None = None
+    base_url = s.base_url
+    model = s.model
+    if not base_url:
+        gguf = assets.resolve(s.embedded_model, settings.models_dir)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        server = EmbeddedLLMServer(
+            gguf, alias=model, threads=s.embedded_threads, ctx=s.embedded_ctx,
+            log_path=settings.data_dir / "embedded-llm.log",
+        )  # fmt: skip
+        await server.start()
+        base_url = server.base_url
+    llm = OpenAICompatLLM(
+        opts=LLMOptions(
+            base_url=base_url, model=model, api_key=s.api_key.get_secret_value(),
+            temperature=s.temperature, max_tokens=s.max_tokens,
+            connect_timeout=s.connect_timeout, timeout=s.timeout,
+        )
+    )  # fmt: skip
+    return llm, server
+
+
+async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> Models:
+    """Load the requested parts once, recording how long each took."""
+    wanted = set(parts)
+    models = Models(settings=settings)
+
+    def timed(name: str, started: float, what: str) -> None:
+        models.load_seconds[name] = time.perf_counter() - started
+        models.described[name] = what
+        logger.info("loaded %s (%s) in %.2fs", name, what, models.load_seconds[name])
+
+    try:
+        if "vad" in wanted:
+            t = time.perf_counter()
+            models.vad = load_vad()
+            timed("vad", t, "silero")
+        if "turn" in wanted and settings.turn.turn_detector:
+            t = time.perf_counter()
+            models.turn_detector = load_turn_detector()
+            timed("turn", t, "livekit turn-detector v1-mini (local)")
+        if "stt" in wanted:
+            t = time.perf_counter()
+            models.stt = load_stt(settings)
+            timed("stt", t, f"faster-whisper {models.stt.model}")
+        if "tts" in wanted:
+            t = time.perf_counter()
+            models.tts = load_tts(settings)
+            timed("tts", t, f"kokoro voice {settings.tts.voice}")
+        if "llm" in wanted:
+            t = time.perf_counter()
+            models.llm, models.embedded_llm = await load_llm(settings)
+            where = "embedded llama.cpp" if models.embedded_llm else settings.llm.base_url
+            timed("llm", t, f"{settings.llm.model} via {where}")
+    except BaseException:
+        await models.aclose()
+        raise
+    return models

@@ -1,0 +1,252 @@
+"""The worker's one typed settings object.
+
+Values come, highest priority first, from: explicit overrides (CLI flags), environment
+variables (``WORKER_`` prefix, ``__`` between a section and its field, e.g.
+``WORKER_LLM__BASE_URL``), an optional TOML file (``WORKER_CONFIG`` or ``--config``), then the
+defaults documented here. The LiveKit connection uses LiveKit's own variable names
+(``LIVEKIT_URL``, ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``). No other module reads
+``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+def _default_data_dir() -> Path:
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "voice-worker"
+
+
+class HTTPSettings(BaseModel):
+    """The embedded web server (local page, WebRTC offers, health, metrics)."""
+
+    host: str = Field("127.0.0.1", description="Address to bind; loopback unless told otherwise.")
+    port: int = Field(8080, description="TCP port of the local page.")
+
+
+class AgentSettings(BaseModel):
+    """What the agent says and how it behaves."""
+
+    instructions: str = Field(
+        "You are a friendly voice assistant on a phone line. Answer in one or two short "
+        "sentences of plain spoken English, without lists, markdown or emoji.",
+        description="System prompt given to the LLM.",
+    )
+    greeting: str = Field(
+        "Hello! How can I help you today?",
+        description="First thing the agent says when a call starts; empty for none.",
+    )
+    apology: str = Field(
+        "Sorry, I'm having trouble thinking right now. Could you say that again?",
+        description="Spoken when the LLM fails, so the caller never hears silence.",
+    )
+
+
+class STTSettings(BaseModel):
+    """Speech to text (faster-whisper)."""
+
+    model: str = Field(
+        "tiny.en",
+        description="`tiny.en` or `base` (offline assets), a local CTranslate2 model folder, "
+        "or a Hugging Face model name.",
+    )
+    language: str = Field("en", description="Language code passed to Whisper.")
+    device: str = Field("cpu", description="`cpu` or `cuda`.")
+    compute_type: str = Field("int8", description="CTranslate2 compute type.")
+    cpu_threads: int = Field(2, description="Threads for decoding on the CPU.")
+    beam_size: int = Field(1, description="Beam size; 1 is greedy and fastest.")
+    interim_interval: float = Field(
+        0.6, description="Seconds between interim re-decodes of the growing utterance."
+    )
+    min_silence: float = Field(
+        0.35, description="Silence (s) that ends an utterance for the final transcript."
+    )
+
+
+class TTSSettings(BaseModel):
+    """Text to speech (Kokoro-82M)."""
+
+    model: str = Field(
+        "kokoro-82m",
+        description="`kokoro-82m` (offline int8 ONNX asset), a local .onnx path, or "
+        "`owner/repo:file.onnx` on Hugging Face.",
+    )
+    voices: str = Field(
+        "kokoro-voices",
+        description="`kokoro-voices` (offline asset) or a local .npz/.bin voices file.",
+    )
+    voice: str = Field("af_heart", description="Kokoro voice name.")
+    speed: float = Field(1.0, description="Speaking rate, 0.5 to 2.0.")
+    lang: str = Field("en-us", description="espeak-ng language for phonemisation.")
+
+    @field_validator("speed")
+    @classmethod
+    def _speed_range(cls, v: float) -> float:
+        if not 0.5 <= v <= 2.0:
+            raise ValueError("tts.speed must be between 0.5 and 2.0")
+        return v
+
+
+class LLMSettings(BaseModel):
+    """The LLM, through an OpenAI-compatible endpoint (vLLM in production)."""
+
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible base URL, e.g. `http://gpu-1:8000/v1`. Unset: the "
+        "worker starts the embedded llama.cpp server.",
+    )
+    model: str = Field("smollm2", description="Model (or LoRA adapter) name sent to the server.")
+    api_key: SecretStr = Field(SecretStr(""), description="Bearer key for the endpoint.")
+    temperature: float = Field(0.4, description="Sampling temperature.")
+    max_tokens: int = Field(120, description="Cap on tokens per reply; voice replies are short.")
+    connect_timeout: float = Field(2.0, description="Seconds to open a connection.")
+    timeout: float = Field(10.0, description="Seconds without a token before a reply fails.")
+    max_retries: int = Field(0, description="Retries of a failed request before apologising.")
+    embedded_model: str = Field(
+        "smollm2",
+        description="GGUF for the embedded server: `smollm2` (offline asset), a local path, "
+        "or `owner/repo:file.gguf` on Hugging Face.",
+    )
+    embedded_threads: int = Field(2, description="CPU threads of the embedded server.")
+    embedded_ctx: int = Field(4096, description="Context length of the embedded server.")
+
+
+class TurnSettings(BaseModel):
+    """Endpointing and interruption defaults."""
+
+    min_endpointing_delay: float = Field(
+        0.4, description="Minimum silence (s) before a turn can be committed."
+    )
+    max_endpointing_delay: float = Field(
+        2.0, description="Longest wait (s) when the end-of-turn model thinks the caller goes on."
+    )
+    turn_detector: bool = Field(True, description="Use the local end-of-turn model (v1-mini).")
+    min_interruption_duration: float = Field(
+        0.5, description="Caller speech (s) needed to interrupt the agent."
+    )
+
+
+class LiveKitSettings(BaseModel):
+    """LiveKit server connection; unset URL means embedded local mode."""
+
+    url: str | None = Field(None, description="LIVEKIT_URL, e.g. `wss://lk.example.com`.")
+    api_key: str | None = Field(None, description="LIVEKIT_API_KEY.")
+    api_secret: SecretStr | None = Field(None, description="LIVEKIT_API_SECRET.")
+    agent_name: str = Field("voice-agent", description="Name for explicit dispatch.")
+
+
+class Settings(BaseSettings):
+    """Everything the worker can be told. See the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WORKER_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Models, call records and caches (`WORKER_DATA_DIR`, `--data-dir`).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    http: HTTPSettings = HTTPSettings()
+    agent: AgentSettings = AgentSettings()
+    stt: STTSettings = STTSettings()
+    tts: TTSSettings = TTSSettings()
+    llm: LLMSettings = LLMSettings()
+    turn: TurnSettings = TurnSettings()
+    livekit: LiveKitSettings = LiveKitSettings()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def calls_dir(self) -> Path:
+        return self.data_dir / "calls"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _LiveKitEnvSource(settings_cls),
+            _TomlSource(settings_cls),
+        )
+
+
+class SettingsError(ValueError):
+    """A settings file or value that cannot be used, with a message for humans."""
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the optional TOML file named by ``WORKER_CONFIG``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("WORKER_CONFIG")
+        if not path:
+            return {}
+        return load_toml(Path(path))
+
+
+class _LiveKitEnvSource(PydanticBaseSettingsSource):
+    """Maps LiveKit's conventional variables onto ``settings.livekit``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        mapping = {
+            "url": "LIVEKIT_URL",
+            "api_key": "LIVEKIT_API_KEY",
+            "api_secret": "LIVEKIT_API_SECRET",
+            "agent_name": "LIVEKIT_AGENT_NAME",
+        }
+        found = {k: os.environ[v] for k, v in mapping.items() if os.environ.get(v)}
+        return {"livekit": found} if found else {}
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Parse a settings file, turning every failure into a :class:`SettingsError`."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise SettingsError(f"settings file not found: {path}") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SettingsError(f"settings file {path} is not valid TOML: {e}") from e
+    return data
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, with an explicit config file and CLI overrides on top."""
+    if config is not None:
+        os.environ["WORKER_CONFIG"] = str(config)
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except SettingsError:
+        raise
+    except ValueError as e:
+        raise SettingsError(str(e)) from e
