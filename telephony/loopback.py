@@ -1,0 +1,70 @@
+"""An in-process transport: a scripted caller plays audio in real time and hears the agent.
+
+Used by tests and the call harness to drive a real ``AgentSession`` without a network. Both
+directions are paced like a phone line: 20 ms frames in, 20 ms frames out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from livekit import rtc
+
+from .call import Call
+
+FRAME_MS = 20
+
+
+class LoopbackCall(Call):
+    """A call whose far end is code in the same process."""
+
+    transport = "loopback"
+
+    def __init__(self, call_id: str, *, input_rate: int = 16000, output_rate: int = 24000) -> None:
+        super().__init__(call_id, output_rate=output_rate, caller="loopback")
+        self.input_rate = input_rate
+        self.output_rate = output_rate
+        self._heard: list[np.ndarray] = []
+        self._listener: asyncio.Task[None] | None = None
+        self.t0 = time.time()
+
+    def start_listening(self) -> None:
+        """Pull the agent's audio in real time until the call ends."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        n = self.output_rate * FRAME_MS // 1000
+        start = time.monotonic()
+        i = 0
+        while not self.ended.is_set():
+            self._heard.append(self.audio_output.read(n))
+            i += 1
+            await asyncio.sleep(max(0.0, start + i * FRAME_MS / 1000 - time.monotonic()))
+
+    async def play(self, samples: np.ndarray, rate: int | None = None) -> None:
+        """Send int16 mono samples to the agent at real-time pace."""
+        rate = rate or self.input_rate
+        n = rate * FRAME_MS // 1000
+        start = time.monotonic()
+        for i, off in enumerate(range(0, len(samples), n)):
+            chunk = samples[off : off + n]
+            if len(chunk) < n:
+                chunk = np.pad(chunk, (0, n - len(chunk)))
+            self.audio_input.push(rtc.AudioFrame(chunk.astype(np.int16).tobytes(), rate, 1, n))
+            await asyncio.sleep(max(0.0, start + (i + 1) * FRAME_MS / 1000 - time.monotonic()))
+
+    async def silence(self, seconds: float) -> None:
+        await self.play(np.zeros(int(seconds * self.input_rate), dtype=np.int16))
+
+    def heard(self) -> np.ndarray:
+        """Everything the caller has heard so far (int16 at ``output_rate``)."""
+        return np.concatenate(self._heard) if self._heard else np.zeros(0, dtype=np.int16)
+
+    async def close(self) -> None:
+        self.mark_ended(self.end_reason)
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)

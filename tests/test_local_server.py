@@ -1,0 +1,64 @@
+"""The local page's HTTP endpoints: bad offers get a 400 with a reason, the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from plugins.llama_cpp.server import free_port
+from worker.local.server import LocalServer
+from worker.models import Models
+from worker.settings import Settings
+
+
+@pytest_asyncio.fixture
+async def base_url(settings: Settings) -> AsyncIterator[str]:
+    # no models are loaded: a rejected offer must never reach a session
+    server = LocalServer(Models(settings=settings))
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    yield f"http://127.0.0.1:{port}"
+    await server.stop()
+
+
+GOOD_HEADER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+
+
+AUDIO_NO_ICE = GOOD_HEADER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "must be JSON"),
+        (b"[1, 2]", "JSON object"),
+        (json.dumps({"type": "offer"}).encode(), "missing 'sdp'"),
+        (json.dumps({"sdp": "v=0", "type": "answer"}).encode(), "type 'offer'"),
+        (json.dumps({"sdp": GOOD_HEADER, "type": "offer"}).encode(), "no audio"),
+        (json.dumps({"sdp": AUDIO_NO_ICE, "type": "offer"}).encode(), "invalid SDP offer"),
+    ],
+)
+async def test_invalid_offer_gets_400_with_a_reason(
+    base_url: str, body: bytes, reason: str
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url}/offer", data=body) as resp:
+            assert resp.status == 400
+            assert reason in (await resp.json())["error"]
+        async with http.get(f"{base_url}/healthz") as resp:
+            assert resp.status == 200
+            assert (await resp.json()) == {"status": "ok", "calls": 0}
+
+
+async def test_oversized_offer_is_refused(base_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url}/offer", data=b"x" * 200_000) as resp:
+            assert resp.status in (400, 413)
+        async with http.get(f"{base_url}/") as resp:
+            assert resp.status == 200
+            page = await resp.text()
+    assert "autoconnect" in page and "RTCPeerConnection" in page

@@ -1,0 +1,113 @@
+"""faster-whisper STT on the real tiny.en model with espeak-ng caller audio."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.agents import stt as lkstt
+
+from plugins.faster_whisper import STT
+from worker.models import load_stt
+from worker.settings import Settings
+
+from .conftest import load_pcm, word_error_rate
+
+pytestmark = pytest.mark.models
+
+SENTENCES = [
+    "What time does the pharmacy open tomorrow morning?",
+    "I would like to book a table for two people at seven tonight.",
+    "Please transfer me to the billing department.",
+    "My account number is four five six seven.",
+    "Can you tell me the weather forecast for the weekend?",
+]
+
+
+def _resample(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
+    r = rtc.AudioResampler(src, dst, num_channels=1, quality=rtc.AudioResamplerQuality.HIGH)
+    frame = rtc.AudioFrame(samples.astype(np.int16).tobytes(), src, 1, samples.size)
+    out = [*r.push(frame), *r.flush()]
+    return np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in out])
+
+
+@pytest.fixture(scope="module")
+def whisper(real_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> STT:
+    d = tmp_path_factory.mktemp("stt")
+    (d / "models").symlink_to(real_models_dir, target_is_directory=True)
+    return load_stt(Settings(data_dir=d))
+
+
+def test_transcribes_spoken_sentences_with_low_word_error(whisper: STT, espeak) -> None:  # type: ignore[no-untyped-def]
+    errors = []
+    for text in SENTENCES:
+        samples, rate = load_pcm(espeak(text))
+        pcm = _resample(samples, rate, 16000).astype(np.float32) / 32768.0
+        heard = whisper.transcribe_pcm(pcm)
+        errors.append(word_error_rate(text, heard))
+    mean = sum(errors) / len(errors)
+    assert mean < 0.2, f"mean WER {mean:.2f}: {errors}"
+
+
+async def _stream(
+    whisper: STT, samples: np.ndarray, rate: int, pace: float
+) -> list[tuple[float, lkstt.SpeechEvent]]:
+    stream = whisper.stream()
+    events: list[tuple[float, lkstt.SpeechEvent]] = []
+    n = rate // 50
+    audio = np.concatenate([np.zeros(rate // 2, np.int16), samples, np.zeros(rate, np.int16)])
+    t0 = time.monotonic()
+
+    async def feed() -> None:
+        for i in range(0, len(audio), n):
+            chunk = audio[i : i + n]
+            if len(chunk) < n:
+                chunk = np.pad(chunk, (0, n - len(chunk)))
+            stream.push_frame(rtc.AudioFrame(chunk.tobytes(), rate, 1, n))
+            await asyncio.sleep(0.02 / pace)
+        stream.end_input()
+
+    feeder = asyncio.create_task(feed())
+    async for ev in stream:
+        events.append((time.monotonic() - t0, ev))
+    await feeder
+    return events
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+async def test_stream_gives_final_transcript_at_any_input_rate(
+    whisper: STT, espeak, rate: int
+) -> None:  # type: ignore[no-untyped-def]
+    errors = []
+    for text in (SENTENCES[1], SENTENCES[2]):
+        samples, src = load_pcm(espeak(text))
+        events = await _stream(whisper, _resample(samples, src, rate), rate, pace=8.0)
+        kinds = [ev.type for _, ev in events]
+        assert kinds[0] == lkstt.SpeechEventType.START_OF_SPEECH
+        assert kinds[-1] == lkstt.SpeechEventType.END_OF_SPEECH
+        finals = [
+            ev.alternatives[0].text
+            for _, ev in events
+            if ev.type == lkstt.SpeechEventType.FINAL_TRANSCRIPT
+        ]
+        assert len(finals) == 1, finals
+        errors.append(word_error_rate(text, finals[0]))
+    assert sum(errors) / len(errors) < 0.3, errors
+
+
+async def test_stream_gives_interim_transcripts_while_the_caller_speaks(
+    whisper: STT, espeak
+) -> None:  # type: ignore[no-untyped-def]
+    long = "I would like to book a table for two people at seven tonight, near the window please."
+    samples, src = load_pcm(espeak(long))
+    events = await _stream(whisper, samples, src, pace=1.0)  # real time
+    interim = [(t, ev) for t, ev in events if ev.type == lkstt.SpeechEventType.INTERIM_TRANSCRIPT]
+    final_t = next(t for t, ev in events if ev.type == lkstt.SpeechEventType.FINAL_TRANSCRIPT)
+    assert len(interim) >= 2, "the growing utterance should be re-decoded while it is spoken"
+    assert all(t < final_t for t, _ in interim)
+    texts = [ev.alternatives[0].text for _, ev in interim]
+    assert len(texts[-1].split()) > len(texts[0].split()), texts

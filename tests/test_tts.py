@@ -1,0 +1,100 @@
+"""Kokoro TTS on the real model: intelligible, streamed sentence by sentence, interruptible."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plugins.kokoro import TTS, UnknownVoiceError
+from worker.models import load_stt, load_tts
+from worker.settings import Settings
+
+from .conftest import word_error_rate
+
+pytestmark = pytest.mark.models
+
+
+@pytest.fixture(scope="module")
+def module_settings(real_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    d = tmp_path_factory.mktemp("tts")
+    (d / "models").symlink_to(real_models_dir, target_is_directory=True)
+    return Settings(data_dir=d)
+
+
+@pytest.fixture(scope="module")
+def kokoro(module_settings: Settings) -> TTS:
+    return load_tts(module_settings)
+
+
+async def _collect(tts: TTS, text: str) -> tuple[np.ndarray, float, float]:
+    stream = tts.stream()
+    t0 = time.perf_counter()
+    first = None
+
+    async def feed() -> None:
+        for word in text.split(" "):
+            stream.push_text(word + " ")
+            await asyncio.sleep(0.005)
+        stream.end_input()
+
+    feeder = asyncio.create_task(feed())
+    chunks = []
+    async for ev in stream:
+        if first is None:
+            first = time.perf_counter() - t0
+        assert ev.frame.sample_rate == 24000
+        chunks.append(np.frombuffer(ev.frame.data, dtype=np.int16))
+    await feeder
+    await stream.aclose()
+    return np.concatenate(chunks), first or 0.0, time.perf_counter() - t0
+
+
+async def test_speech_transcribes_back_through_stt(kokoro: TTS, module_settings: Settings) -> None:
+    text = "The pharmacy opens at nine in the morning. It closes at six in the evening."
+    pcm, _, _ = await _collect(kokoro, text)
+    stt = load_stt(module_settings)
+    from livekit import rtc
+
+    ev = await stt.recognize([rtc.AudioFrame(pcm.tobytes(), 24000, 1, pcm.size)])
+    heard = ev.alternatives[0].text
+    assert word_error_rate(text, heard) < 0.25, heard
+
+
+async def test_first_sentence_audio_arrives_before_the_reply_is_done(kokoro: TTS) -> None:
+    text = (
+        "Sure thing. The pharmacy opens at nine in the morning on weekdays. On Saturdays it opens "
+        "at ten and closes early in the afternoon. On Sundays it stays closed all day."
+    )
+    pcm, first, total = await _collect(kokoro, text)
+    assert pcm.size / 24000 > 6.0
+    assert first < total / 3, f"first audio after {first:.2f}s of {total:.2f}s"
+
+
+async def test_interrupted_synthesis_stops_promptly(kokoro: TTS) -> None:
+    stream = kokoro.stream()
+    stream.push_text("Okay. " + "This is a long reply that keeps going and going. " * 20)
+    stream.end_input()
+    got_first = False
+    async for _ev in stream:
+        got_first = True
+        break
+    assert got_first
+    t0 = time.perf_counter()
+    await stream.aclose()
+    assert time.perf_counter() - t0 < 2.0
+    # nothing more is synthesised: the shared synthesis thread is free again at once
+    t1 = time.perf_counter()
+    await kokoro.synthesize_async("Ready.")
+    assert time.perf_counter() - t1 < 3.0
+
+
+def test_unknown_voice_lists_the_valid_ones(module_settings: Settings) -> None:
+    bad = module_settings.model_copy(deep=True)
+    bad.tts.voice = "zz_nobody"
+    with pytest.raises(UnknownVoiceError, match="af_heart") as exc:
+        load_tts(bad)
+    assert "zz_nobody" in str(exc.value)
