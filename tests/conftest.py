@@ -16,12 +16,10 @@ from worker import assets
 from worker.audio import read_wav
 from worker.settings import Settings, load_settings
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def models_dir() -> Path:
-    data = Path(os.environ.get("WORKER_DATA_DIR") or REPO / ".data")
-    return data / "models"
+    """Where `python -m worker download-files` put the models (WORKER_DATA_DIR or its default)."""
+    return Settings().models_dir
 
 
 @pytest.fixture(scope="session")

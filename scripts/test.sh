@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Set everything up on a fresh machine and run the whole test suite (lint, types, tests).
+#   --offline   run the tests with the network cut off (a private network namespace with
+#               only loopback), proving nothing reaches a model hub after set-up.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+offline=0
+if [ "${1:-}" = "--offline" ]; then offline=1; shift; fi
+
+# System packages the tests use: espeak-ng and sox make caller audio, Chromium is the browser.
+need=()
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v sox >/dev/null || need+=(sox)
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
+command -v npm >/dev/null || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "error: please install: ${need[*]}" >&2
+    exit 2
+  fi
+fi
+
+EXTRAS=embedded-llm,dev ./scripts/setup.sh
+
+echo "==> ruff" >&2
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "==> mypy" >&2
+.venv/bin/mypy worker plugins telephony infra
+
+run=(.venv/bin/python -m pytest -ra "$@")
+if [ $offline = 1 ]; then
+  if unshare -rn true 2>/dev/null; then
+    echo "==> pytest, network cut off (only loopback)" >&2
+    set +e
+    unshare -rn sh -c 'ip link set lo up && exec "$@"' sh "${run[@]}"
+    rc=$?
+    set -e
+  else
+    echo "warning: cannot create a network namespace here; running with the network on" >&2
+    set +e; "${run[@]}"; rc=$?; set -e
+  fi
+else
+  echo "==> pytest" >&2
+  set +e; "${run[@]}"; rc=$?; set -e
+fi
+if [ $rc = 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit $rc
