@@ -151,6 +151,12 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
     from .local.server import LocalServer
     from .models import load_models
 
+    if settings.http.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "the local page is reachable from other machines on %s and has no authentication "
+            "yet; anyone who can reach it can talk to the agent",
+            settings.http.host,
+        )
     print("loading models...", file=sys.stderr)
     started = time.perf_counter()
     models = await load_models(settings)
