@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 
 import numpy as np
 from livekit import rtc
@@ -78,6 +79,13 @@ class PacedAudioOutput(io.AudioOutput):
         self._paused = False
         self.first_audio_at: float | None = None
         """Wall-clock time the current segment's first sample left for the caller."""
+        self.listeners: list[Callable[[str, float], None]] = []
+        """Called with ("start" | "pause" | "resume" | "clear" | "done", wall-clock time)."""
+
+    def _notify(self, what: str) -> None:
+        now = time.time()
+        for listener in self.listeners:
+            listener(what, now)
 
     # -- the session side ------------------------------------------------------------------
 
@@ -129,16 +137,29 @@ class PacedAudioOutput(io.AudioOutput):
         self._chunks.clear()
         self._buffered = 0
         self._resampler = None
+        self._paused = False  # a cut reply leaves nothing to resume
         if self._in_segment:
             # frames of this segment may still arrive until the session flushes it
             self._discarding = not self._flushed
+            self._notify("clear")
             self._finish(interrupted=True)
 
+    @property
+    def audible(self) -> bool:
+        """A reply is playing (or paused mid-way): the caller has heard part of it."""
+        return self._in_segment and self._started
+
     def pause(self) -> None:
-        self._paused = True
+        if not self._paused:
+            self._paused = True
+            if self.audible:
+                self._notify("pause")
 
     def resume(self) -> None:
-        self._paused = False
+        if self._paused:
+            self._paused = False
+            if self.audible:
+                self._notify("resume")
 
     @property
     def paused(self) -> bool:
@@ -176,8 +197,10 @@ class PacedAudioOutput(io.AudioOutput):
             if not self._started:
                 self._started = True
                 self.first_audio_at = time.time()
+                self._notify("start")
                 self.on_playback_started(created_at=self.first_audio_at)
             self._played += filled
             if self._flushed and self._buffered == 0:
+                self._notify("done")
                 self._finish(interrupted=False)
         return out

@@ -45,7 +45,7 @@ async def _converse(
 
     script = asyncio.create_task(caller())
     try:
-        record = await asyncio.wait_for(run_call(models, call, profile="telephony"), 120)
+        result = await asyncio.wait_for(run_call(models, call, profile="telephony"), 120)
         await script
         assert models.stt is not None
         heard = call.heard()
@@ -54,7 +54,7 @@ async def _converse(
     finally:
         await call.close()
         await models.aclose()
-    return records.read_records(record.path), text
+    return records.read_records(result.record.path), text
 
 
 async def test_caller_question_gets_a_spoken_reply(settings: Settings, espeak) -> None:  # type: ignore[no-untyped-def]

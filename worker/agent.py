@@ -1,30 +1,99 @@
-"""The agent: instructions and greeting from settings, and a spoken apology on LLM failure."""
+"""The agent: instructions and greeting from settings, a spoken apology on LLM failure, and the
+words half of barge-in.
+
+Barge-in works in two steps. The session pauses playout on the first VAD frames of caller
+speech over the agent (``interruption.min_duration`` in :mod:`worker.session`). Words then
+decide, here in ``stt_node``: while a reply is active, a transcript that is only a backchannel
+("uh-huh", "okay") is held back from the session, so no turn is committed and playout resumes
+after ``turn.resume_after``, exactly as for a cough; any other words pass through, and the
+framework cuts the reply and keeps in the history only what the caller heard.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from typing import Any
 
-from livekit.agents import Agent, APIError, llm
+from livekit import rtc
+from livekit.agents import Agent, APIError, llm, stt
 from livekit.agents.types import FlushSentinel
 from livekit.agents.voice.agent import ModelSettings
 
 from .settings import AgentSettings
+from .turns import BackchannelPolicy, SpeculationTracker
 
 logger = logging.getLogger("worker.agent")
+
+
+def _current_handle_id() -> str | None:
+    """The speech handle the framework is generating for, if any (a framework context var)."""
+    from livekit.agents.voice.agent_activity import _SpeechHandleContextVar
+
+    handle = _SpeechHandleContextVar.get(None)
+    return handle.id if handle is not None else None
 
 
 class VoiceAgent(Agent):
     """A phone/web voice agent. Never leaves the caller in silence when the LLM fails."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        backchannels: BackchannelPolicy | None = None,
+        speculation: SpeculationTracker | None = None,
+    ) -> None:
         super().__init__(instructions=settings.instructions)
         self._settings = settings
+        self._backchannels = backchannels
+        self._speculation = speculation
         self.llm_failures = 0
+        self.on_backchannel: Callable[[str], None] | None = None
 
     async def on_enter(self) -> None:
         if self._settings.greeting:
             self.session.say(self._settings.greeting, allow_interruptions=True)
+
+    def _reply_active(self) -> bool:
+        speech = self.session.current_speech
+        return speech is not None and not speech.done() and not speech.interrupted
+
+    async def stt_node(
+        self, audio: AsyncIterable[rtc.AudioFrame], model_settings: ModelSettings
+    ) -> AsyncGenerator[stt.SpeechEvent | str, None]:
+        """The default STT node, minus backchannels heard over an active reply."""
+        events: Any = Agent.default.stt_node(self, audio, model_settings)
+        async for ev in events:
+            if (
+                self._backchannels is not None
+                and isinstance(ev, stt.SpeechEvent)
+                and ev.type
+                in (stt.SpeechEventType.INTERIM_TRANSCRIPT, stt.SpeechEventType.FINAL_TRANSCRIPT)
+                and ev.alternatives
+                and self._reply_active()
+                and self._backchannels.is_backchannel(ev.alternatives[0].text)
+            ):
+                if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    logger.debug("backchannel over the reply: %r", ev.alternatives[0].text)
+                    if self.on_backchannel is not None:
+                        self.on_backchannel(ev.alternatives[0].text)
+                continue
+            if (
+                self._backchannels is not None
+                and isinstance(ev, stt.SpeechEvent)
+                and ev.type == stt.SpeechEventType.INTERIM_TRANSCRIPT
+                and ev.alternatives
+                and len(ev.alternatives[0].text.split()) >= 2
+                and self._reply_active()
+            ):
+                # words that are no backchannel, while the caller is still talking: cut now
+                # rather than at the final transcript
+                speech = self.session.current_speech
+                if speech is not None and speech.allow_interruptions:
+                    logger.debug("interrupting on interim words %r", ev.alternatives[0].text)
+                    speech.interrupt()
+            yield ev
 
     async def llm_node(
         self,
@@ -34,14 +103,28 @@ class VoiceAgent(Agent):
     ) -> AsyncGenerator[llm.ChatChunk | str | FlushSentinel, None]:
         """The default LLM node, with the LLM's failure turned into a short apology."""
         produced = False
+        handle_id = _current_handle_id()
         stream: AsyncIterable[llm.ChatChunk | str | FlushSentinel] = Agent.default.llm_node(
             self, chat_ctx, tools, model_settings
         )
         try:
             async for chunk in stream:
                 produced = True
+                if self._speculation is not None:
+                    self._speculation.note_tokens(handle_id)
                 yield chunk
         except APIError as e:
             self.llm_failures += 1
             logger.warning("LLM failed (%s); apologising to the caller", e)
             yield (" " if produced else "") + self._settings.apology
+
+    async def tts_node(
+        self, text: AsyncIterable[str], model_settings: ModelSettings
+    ) -> AsyncGenerator[rtc.AudioFrame, None]:
+        """The default TTS node, counting the audio made for each reply."""
+        handle_id = _current_handle_id()
+        frames: Any = Agent.default.tts_node(self, text, model_settings)
+        async for frame in frames:
+            if self._speculation is not None:
+                self._speculation.note_audio(handle_id, frame.duration)
+            yield frame

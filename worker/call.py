@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from livekit.agents import AgentSession
+from livekit.agents import AgentSession, llm
 from livekit.agents.voice import io
 from livekit.agents.voice.events import (
     AgentStateChangedEvent,
@@ -15,13 +16,16 @@ from livekit.agents.voice.events import (
     ConversationItemAddedEvent,
     UserInputTranscribedEvent,
 )
+from livekit.agents.voice.transcription import TranscriptSynchronizer
 
 from telephony.call import Call
 
 from . import records
 from .agent import VoiceAgent
+from .metrics import CallObserver
 from .models import Models
-from .session import Profile, create_session
+from .session import Profile, TurnProfile, create_session
+from .turns import BackchannelPolicy, SpeculationTracker
 
 logger = logging.getLogger("worker.call")
 
@@ -62,17 +66,42 @@ def _forward_ui_events(call: Call, session: AgentSession[Any]) -> None:
     session.on("agent_state_changed", on_state)
 
 
-async def run_call(models: Models, call: Call, *, profile: Profile = "web") -> records.CallRecord:
+@dataclass
+class CallResult:
+    """What a finished call left behind, for the harness and tests."""
+
+    record: records.CallRecord
+    observer: CallObserver
+    speculation: SpeculationTracker
+    chat: list[llm.ChatMessage]
+
+
+async def run_call(
+    models: Models,
+    call: Call,
+    *,
+    profile: Profile = "web",
+    turn_profile: TurnProfile | None = None,
+) -> CallResult:
     """Hold the conversation until the call ends; every turn lands in the call record."""
     settings = models.settings
+    turn_profile = turn_profile or settings.turn.profile
+    ours = turn_profile == "default"
     record = records.CallRecord(settings.calls_dir, call.call_id)
-    record.start(call.transport, caller=call.caller)
+    record.start(call.transport, caller=call.caller, turn_profile=turn_profile)
     call.on_dtmf = record.dtmf
-    session = create_session(models, profile)
+    session = create_session(models, profile, turn_profile)
     session.input.audio = call.audio_input
-    session.output.audio = call.audio_output
-    session.output.transcription = _EventTextOutput(call)
-    records.attach(record, session)
+    # the synchroniser tells the session how much of an interrupted reply was heard
+    sync = TranscriptSynchronizer(
+        next_in_chain_audio=call.audio_output, next_in_chain_text=_EventTextOutput(call)
+    )
+    session.output.audio = sync.audio_output
+    session.output.transcription = sync.text_output
+    speculation = SpeculationTracker(cancel_on_speech_start=ours)
+    observer = CallObserver(record=record, output=call.audio_output, speculation=speculation)
+    observer.attach(session, call.transport)
+    records.attach(record, session, annotate=observer.annotate)
     _forward_ui_events(call, session)
 
     closed = asyncio.Event()
@@ -83,9 +112,15 @@ async def run_call(models: Models, call: Call, *, profile: Profile = "web") -> r
         closed.set()
 
     session.on("close", on_close)
-    agent = VoiceAgent(settings.agent)
+    agent = VoiceAgent(
+        settings.agent,
+        backchannels=BackchannelPolicy(settings.turn.backchannels) if ours else None,
+        speculation=speculation,
+    )
+    agent.on_backchannel = observer.backchannel_heard
     try:
         await session.start(agent, record=False)
+        speculation.attach(session)
         logger.info("call %s started (%s)", call.call_id, call.transport)
         ended = asyncio.ensure_future(call.ended.wait())
         sess_closed = asyncio.ensure_future(closed.wait())
@@ -95,7 +130,9 @@ async def run_call(models: Models, call: Call, *, profile: Profile = "web") -> r
     finally:
         with contextlib.suppress(Exception):
             await session.aclose()
+        observer.detach()
         record.end(call.end_reason)
         call.mark_ended(call.end_reason)
         logger.info("call %s ended (%s)", call.call_id, call.end_reason)
-    return record
+    chat = [m for m in session.history.items if isinstance(m, llm.ChatMessage)]
+    return CallResult(record=record, observer=observer, speculation=speculation, chat=chat)

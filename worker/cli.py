@@ -79,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("text")
     say.add_argument("-o", "--output", type=Path, required=True)
 
+    hp = sub.add_parser("harness", parents=[common], help="play a scripted caller into the agent")
+    hp.add_argument("scenario", type=Path, nargs="+", help="scenario YAML file(s)")
+    hp.add_argument(
+        "--profile",
+        action="append",
+        choices=["default", "livekit-defaults"],
+        help="turn profile; repeat to compare (default: default)",
+    )
+    hp.add_argument("--json", type=Path, metavar="OUT.json", help="write the results as JSON")
+    hp.add_argument("--save-audio", type=Path, metavar="DIR", help="write what the caller heard")
+
     calls = sub.add_parser("calls", parents=[common], help="list recorded calls")
     calls.add_argument("--last", action="store_true", help="only the newest call")
     calls.add_argument("--json", action="store_true", help="print records as JSON")
@@ -325,6 +336,44 @@ def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_harness(settings: Settings, args: argparse.Namespace) -> int:
+    from .harness import ScenarioError, load_scenario
+
+    try:
+        scenarios = [load_scenario(p) for p in args.scenario]
+    except ScenarioError as e:
+        raise CLIError(str(e)) from e
+    return asyncio.run(_harness(settings, scenarios, args.profile or ["default"], args))
+
+
+async def _harness(settings: Settings, scenarios: list[Any], profiles: list[Any], args: Any) -> int:
+    from .audio import write_wav
+    from .harness import ScenarioError, format_table, run_scenario
+    from .models import load_models
+
+    models = await load_models(settings)
+    results = []
+    try:
+        for scenario in scenarios:
+            for profile in profiles:
+                try:
+                    result = await run_scenario(models, scenario, profile)
+                except ScenarioError as e:
+                    raise CLIError(str(e)) from e
+                heard = result.pop("heard")
+                if args.save_audio:
+                    args.save_audio.mkdir(parents=True, exist_ok=True)
+                    write_wav(args.save_audio / f"{scenario.name}.{profile}.wav", heard, 24000)
+                print(format_table(result), flush=True)
+                results.append(result)
+    finally:
+        await models.aclose()
+    if args.json:
+        args.json.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
 def cmd_calls(settings: Settings, args: argparse.Namespace) -> int:
     paths = list(records.iter_calls(settings.calls_dir))
     if not paths:
@@ -362,6 +411,7 @@ _COMMANDS = {
     "transcribe": cmd_transcribe,
     "say": cmd_say,
     "calls": cmd_calls,
+    "harness": cmd_harness,
 }
 
 with contextlib.suppress(Exception):

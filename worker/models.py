@@ -43,6 +43,15 @@ class Models:
     embedded_llm: EmbeddedLLMServer | None = None
     load_seconds: dict[str, float] = field(default_factory=dict)
     described: dict[str, str] = field(default_factory=dict)
+    _stock_vad: agents_vad.VAD | None = None
+
+    def stock_vad(self) -> agents_vad.VAD:
+        """Silero with the framework's default settings, for the stock turn profile."""
+        if self._stock_vad is None:
+            from livekit.plugins import silero
+
+            self._stock_vad = silero.VAD.load()
+        return self._stock_vad
 
     async def aclose(self) -> None:
         if self.llm is not None:
@@ -52,10 +61,10 @@ class Models:
             self.embedded_llm = None
 
 
-def load_vad() -> agents_vad.VAD:
+def load_vad(settings: Settings) -> agents_vad.VAD:
     from livekit.plugins import silero
 
-    return silero.VAD.load()
+    return silero.VAD.load(min_silence_duration=settings.turn.vad_min_silence)
 
 
 def load_turn_detector() -> Any:
@@ -139,7 +148,7 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
     try:
         if "vad" in wanted:
             t = time.perf_counter()
-            models.vad = load_vad()
+            models.vad = load_vad(settings)
             timed("vad", t, "silero")
         if "turn" in wanted and settings.turn.turn_detector:
             t = time.perf_counter()

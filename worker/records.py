@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ class CallRecord:
         *,
         interrupted: bool | None = None,
         voice_to_voice_ms: float | None = None,
+        **extra: Any,
     ) -> None:
         rec: dict[str, Any] = {
             "type": "turn", "role": role, "text": text,
@@ -72,6 +73,7 @@ class CallRecord:
         if role == "agent":
             rec["interrupted"] = bool(interrupted)
             rec["voice_to_voice_ms"] = voice_to_voice_ms
+        rec.update(extra)
         self.write(rec)
 
     def dtmf(self, digit: str) -> None:
@@ -94,7 +96,11 @@ class CallRecord:
         return self._closed
 
 
-def _message_turn(record: CallRecord, msg: llm.ChatMessage) -> None:
+Annotate = Callable[[llm.ChatMessage], dict[str, Any]]
+
+
+def _message_turn(record: CallRecord, msg: llm.ChatMessage, annotate: Annotate | None) -> None:
+    extra = annotate(msg) if annotate is not None else {}
     text = msg.text_content or ""
     if not text.strip():
         return
@@ -102,22 +108,24 @@ def _message_turn(record: CallRecord, msg: llm.ChatMessage) -> None:
     started = m.get("started_speaking_at") or msg.created_at
     ended = m.get("stopped_speaking_at") or msg.created_at
     if msg.role == "user":
-        record.turn("user", text, started, ended)
+        record.turn("user", text, started, ended, **extra)
     elif msg.role == "assistant":
         e2e = m.get("e2e_latency")
         record.turn(
             "agent", text, started, ended,
             interrupted=msg.interrupted,
             voice_to_voice_ms=round(e2e * 1000, 1) if e2e is not None else None,
+            **extra,
         )  # fmt: skip
 
 
-def attach(record: CallRecord, session: AgentSession) -> None:
-    """Write every completed turn of ``session`` to ``record`` as it is added."""
+def attach(record: CallRecord, session: AgentSession, annotate: Annotate | None = None) -> None:
+    """Write every completed turn of ``session`` to ``record`` as it is added; ``annotate``
+    may add fields (timings, speculation) to a turn."""
 
     def on_item(ev: ConversationItemAddedEvent) -> None:
         if isinstance(ev.item, llm.ChatMessage):
-            _message_turn(record, ev.item)
+            _message_turn(record, ev.item, annotate)
 
     session.on("conversation_item_added", on_item)
 

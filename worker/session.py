@@ -1,8 +1,12 @@
 """The session factory: one ``AgentSession`` per call, on the process's shared models.
 
-Profiles adapt turn handling to the transport: ``web`` (a browser with its own echo
-cancellation) keeps a short echo warm-up, ``telephony`` none, since a phone caller's audio
-never contains the agent's.
+Two axes. The *transport* profile adapts to where audio comes from: ``web`` (a browser with
+its own echo cancellation) keeps a short echo warm-up, ``telephony`` none, since a phone
+caller's audio never contains the agent's. The *turn* profile is ``default`` (ours: speculation
+with preemptive TTS, barge-in that pauses within a VAD frame and lets words decide) or
+``livekit-defaults`` (the framework's stock turn handling, kept for comparison in the harness
+and benchmark). Both stay local: the end-of-turn model is ``v1-mini`` and interruption mode is
+``vad``, never a cloud model.
 """
 
 from __future__ import annotations
@@ -16,40 +20,61 @@ from livekit.agents.voice.turn import TurnHandlingOptions
 from .models import Models
 
 Profile = Literal["web", "telephony"]
+TurnProfile = Literal["default", "livekit-defaults"]
 
 ECHO_WARMUP_S: dict[Profile, float | None] = {"web": 1.0, "telephony": None}
+STOCK_ECHO_WARMUP_S = 3.0
 
 
-def create_session(models: Models, profile: Profile = "web") -> AgentSession[Any]:
-    """A new session wired to the shared models, with our turn-handling defaults."""
+def turn_handling(models: Models, turn_profile: TurnProfile) -> TurnHandlingOptions:
+    """Turn handling for a profile; see the module docstring."""
+    t = models.settings.turn
+    detector: Any = models.turn_detector if models.turn_detector is not None else "vad"
+    if turn_profile == "livekit-defaults":
+        # the framework's defaults, except that both detectors are pinned to the local ones
+        return TurnHandlingOptions(turn_detection=detector, interruption={"mode": "vad"})
+    return TurnHandlingOptions(
+        turn_detection=detector,
+        endpointing={
+            "mode": t.endpointing_mode,
+            "min_delay": t.min_endpointing_delay,
+            "max_delay": t.max_endpointing_delay,
+        },
+        interruption={
+            "mode": "vad",
+            # pause on the first VAD frames of caller speech; words then decide (agent.stt_node)
+            "min_duration": t.pause_after,
+            "resume_false_interruption": True,
+            "false_interruption_timeout": t.resume_after,
+            "backchannel_boundary": None,
+        },
+        preemptive_generation={
+            "enabled": t.speculate,
+            "preemptive_tts": t.speculate,
+            "max_retries": 5,
+        },
+    )
+
+
+def create_session(
+    models: Models, profile: Profile = "web", turn_profile: TurnProfile | None = None
+) -> AgentSession[Any]:
+    """A new session wired to the shared models."""
     s = models.settings
     if models.stt is None or models.llm is None or models.tts is None or models.vad is None:
         raise ValueError("a session needs the VAD, STT, LLM and TTS loaded")
-    turn = s.turn
+    turn_profile = turn_profile or s.turn.profile
     llm_conn = APIConnectOptions(
         max_retry=s.llm.max_retries, retry_interval=0.3, timeout=s.llm.connect_timeout
     )
+    warmup = STOCK_ECHO_WARMUP_S if turn_profile == "livekit-defaults" else ECHO_WARMUP_S[profile]
     return AgentSession(
         stt=models.stt,
-        vad=models.vad,
+        vad=models.stock_vad() if turn_profile == "livekit-defaults" else models.vad,
         llm=models.llm,
         tts=models.tts,
-        turn_handling=TurnHandlingOptions(
-            turn_detection=models.turn_detector if models.turn_detector is not None else "vad",
-            endpointing={
-                "mode": "fixed",
-                "min_delay": turn.min_endpointing_delay,
-                "max_delay": turn.max_endpointing_delay,
-            },
-            interruption={
-                "mode": "vad",  # local; never a cloud interruption model
-                "min_duration": turn.min_interruption_duration,
-                "resume_false_interruption": True,
-                "false_interruption_timeout": 1.5,
-            },
-            preemptive_generation={"enabled": True, "preemptive_tts": True},
-        ),
-        aec_warmup_duration=ECHO_WARMUP_S[profile],
+        turn_handling=turn_handling(models, turn_profile),
+        aec_warmup_duration=warmup,
         user_away_timeout=None,
         conn_options=SessionConnectOptions(
             llm_conn_options=llm_conn,

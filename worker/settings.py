@@ -22,6 +22,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from worker.turns.backchannel import DEFAULT_BACKCHANNELS
+
 
 def _default_data_dir() -> Path:
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
@@ -123,8 +125,18 @@ class LLMSettings(BaseModel):
 
 
 class TurnSettings(BaseModel):
-    """Endpointing and interruption defaults."""
+    """Turn-taking: endpointing, speculation in the snooze window, barge-in."""
 
+    profile: Literal["default", "livekit-defaults"] = Field(
+        "default",
+        description="`default` (ours) or `livekit-defaults` (the framework's stock turn "
+        "handling, for comparison).",
+    )
+    endpointing_mode: Literal["fixed", "dynamic"] = Field(
+        "fixed",
+        description="`fixed` waits between the min and max delay; `dynamic` adapts the delay "
+        "to the caller's pauses.",
+    )
     min_endpointing_delay: float = Field(
         0.4, description="Minimum silence (s) before a turn can be committed."
     )
@@ -132,8 +144,25 @@ class TurnSettings(BaseModel):
         2.0, description="Longest wait (s) when the end-of-turn model thinks the caller goes on."
     )
     turn_detector: bool = Field(True, description="Use the local end-of-turn model (v1-mini).")
-    min_interruption_duration: float = Field(
-        0.5, description="Caller speech (s) needed to interrupt the agent."
+    vad_min_silence: float = Field(
+        0.3, description="Silence (s) after which the VAD reports the end of speech."
+    )
+    speculate: bool = Field(
+        True,
+        description="Start the LLM and the first sentence's TTS inside the snooze window; "
+        "cancelled at once when the caller resumes.",
+    )
+    pause_after: float = Field(
+        0.06,
+        description="Caller speech (s) over the agent that pauses playout (barge-in, step 1).",
+    )
+    resume_after: float = Field(
+        0.6,
+        description="Silence (s) after a pause with no interrupting words before playout resumes.",
+    )
+    backchannels: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BACKCHANNELS),
+        description="Phrases that, said over the agent, resume playout instead of interrupting.",
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import records
+from .. import metrics, records
 from ..call import run_call
 from ..models import Models
 from .webrtc import OfferError, WebRTCCall
@@ -42,6 +42,7 @@ class LocalServer:
                 web.get("/", self._page),
                 web.post("/offer", self._offer),
                 web.get("/healthz", self._health),
+                web.get("/metrics", self._metrics),
             ]
         )
 
@@ -57,6 +58,10 @@ class LocalServer:
         return web.json_response(
             {"status": "draining" if self.draining else "ok", "calls": self.active_calls}
         )
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _offer(self, request: web.Request) -> web.Response:
         if self.draining:

@@ -1,0 +1,103 @@
+"""Turn-taking scenarios on the real models, driven by the call harness (tests/scenarios/).
+
+Caller audio is made at test time with espeak-ng. Each test asserts on what the caller
+experienced (from the harness's own timeline) and on what the chat history kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from worker.harness import load_scenario, run_scenario
+from worker.models import Models, load_models
+from worker.settings import Settings
+
+pytestmark = [pytest.mark.models, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+LONG_GREETING = (
+    "Hello and welcome to the restaurant booking line. I can book a table, change a booking, "
+    "or tell you about our opening hours and the menu. What would you like to do today?"
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def models(
+    real_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Models]:
+    d = tmp_path_factory.mktemp("turns")
+    (d / "models").symlink_to(real_models_dir, target_is_directory=True)
+    m = await load_models(Settings(data_dir=d))
+    yield m
+    await m.aclose()
+
+
+async def _run(models: Models, name: str, greeting: str | None = None) -> dict:  # type: ignore[type-arg]
+    default = Settings().agent.greeting
+    models.settings.agent.greeting = greeting or default
+    return await run_scenario(models, load_scenario(SCENARIOS / f"{name}.yaml"), "default")
+
+
+def _assistant(result: dict) -> list[dict]:  # type: ignore[type-arg]
+    return [m for m in result["chat"] if m["role"] == "assistant"]
+
+
+async def test_mid_turn_pause_neither_cuts_off_the_caller_nor_keeps_a_stale_reply(
+    models: Models,
+) -> None:
+    result = await _run(models, "mid-turn-pause")
+    assert result["summary"]["cut_offs"] == 0, result
+    chat = [m for m in result["chat"] if m["role"] in ("user", "assistant")]
+    users = [i for i, m in enumerate(chat) if m["role"] == "user"]
+    assert users, chat
+    # no agent reply between the two halves of the caller's sentence
+    assert all(m["role"] == "user" for m in chat[users[0] : users[-1] + 1]), chat
+    heard = " ".join(chat[i]["text"] for i in users).lower()
+    assert "table" in heard and "seven" in heard, heard
+    assert len(_assistant(result)) >= 2, "the agent answered the whole sentence"
+    spec = result["speculation"]
+    # the first half's final transcript lands after the caller resumed: no reply may be
+    # speculated on it, or one that was must be thrown away
+    assert spec["skipped_while_speaking"] + spec["cancelled"] >= 1, spec
+    assert spec["used"] <= 1
+
+
+async def test_backchannel_resumes_playout_and_history_keeps_the_full_reply(models: Models) -> None:
+    result = await _run(models, "backchannel", LONG_GREETING)
+    (it,) = result["interruptions"]
+    assert it["kind"] == "backchannel"
+    assert it["pause_ms"] is not None and it["pause_ms"] < 250, it
+    assert it["resumed"], it
+    greeting = _assistant(result)[0]
+    assert greeting["text"] == LONG_GREETING and not greeting["interrupted"]
+    assert not any(m["role"] == "user" for m in result["chat"]), "a backchannel is no turn"
+
+
+async def test_real_interruption_cuts_the_reply_and_history_holds_what_was_heard(
+    models: Models,
+) -> None:
+    result = await _run(models, "interruption", LONG_GREETING)
+    it = result["interruptions"][0]
+    assert it["kind"] == "interrupt"
+    assert it["pause_ms"] is not None and it["pause_ms"] < 250, it
+    assert not it["resumed"]
+    # cut once the words decided: interim words, or at the latest the final transcript
+    assert result["cut_after_pause_ms"] and result["cut_after_pause_ms"][0] < 2500, result
+    greeting = _assistant(result)[0]
+    assert greeting["interrupted"]
+    assert 0 < len(greeting["text"]) < len(LONG_GREETING)
+    assert LONG_GREETING.startswith(greeting["text"].rstrip(".").strip()[:20])
+    assert "What would you like" not in greeting["text"], "only what was heard is kept"
+
+
+async def test_noise_burst_does_not_cut_the_reply(models: Models) -> None:
+    result = await _run(models, "noise-burst", LONG_GREETING)
+    (it,) = result["interruptions"]
+    assert it["kind"] == "noise"
+    assert it["resumed"], it
+    greeting = _assistant(result)[0]
+    assert greeting["text"] == LONG_GREETING and not greeting["interrupted"]
