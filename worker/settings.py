@@ -72,7 +72,9 @@ class STTSettings(BaseModel):
         0.6, description="Seconds between interim re-decodes of the growing utterance."
     )
     min_silence: float = Field(
-        0.35, description="Silence (s) that ends an utterance for the final transcript."
+        0.25,
+        description="Silence (s) that ends an utterance for the final transcript; the turn "
+        "itself is decided by endpointing, so short is safe and fast.",
     )
 
 
@@ -141,7 +143,9 @@ class TurnSettings(BaseModel):
         0.4, description="Minimum silence (s) before a turn can be committed."
     )
     max_endpointing_delay: float = Field(
-        2.0, description="Longest wait (s) when the end-of-turn model thinks the caller goes on."
+        1.0,
+        description="Longest wait (s) when the end-of-turn model thinks the caller goes on. "
+        "Longer lets callers think aloud; shorter answers sooner.",
     )
     turn_detector: bool = Field(True, description="Use the local end-of-turn model (v1-mini).")
     vad_min_silence: float = Field(

@@ -28,6 +28,8 @@ from .models import KokoroOptions, load_kokoro
 SAMPLE_RATE = 24000
 PAUSE_AFTER_PIECE = 0.12
 MAX_PIECE_WORDS = 12
+FIRST_PIECE_WORDS = 6
+"""The reply's first piece is kept short: its synthesis time is what the caller waits for."""
 
 _executor: ThreadPoolExecutor | None = None
 
@@ -45,6 +47,17 @@ class UnknownVoiceError(ValueError):
 
 
 _CLAUSE_BREAK = re.compile(r"(?<=[,;:])\s+")
+
+
+def split_first(sentence: str, max_words: int = FIRST_PIECE_WORDS) -> list[str]:
+    """Split off a short opening piece: at a clause mark within reach, else after a few words."""
+    words = sentence.split()
+    if len(words) <= max_words + 2:
+        return [sentence]
+    for i, w in enumerate(words[: max_words + 2], start=1):
+        if w.endswith((",", ";", ":")):
+            return [" ".join(words[:i]), " ".join(words[i:])]
+    return [" ".join(words[:max_words]), " ".join(words[max_words:])]
 
 
 def split_pieces(sentence: str, max_words: int = MAX_PIECE_WORDS) -> list[str]:
@@ -106,7 +119,9 @@ class TTS(tts.TTS):
         audio, _ = self._kokoro.create(
             text, voice=self._opts.voice, speed=self._opts.speed, lang=self._opts.lang
         )
-        pause = np.zeros(int(PAUSE_AFTER_PIECE * SAMPLE_RATE), dtype=np.float32)
+        # a piece split mid-phrase runs straight on; one that ends a clause or sentence breathes
+        gap = PAUSE_AFTER_PIECE if text[-1] in ".!?,;:" else 0.0
+        pause = np.zeros(int(gap * SAMPLE_RATE), dtype=np.float32)
         full = np.concatenate([np.asarray(audio, dtype=np.float32), pause])
         return (np.clip(full, -1.0, 1.0) * 32767).astype(np.int16)
 
@@ -155,7 +170,12 @@ class SynthesizeStream(tts.SynthesizeStream):
         segment_open = False
         try:
             async for ev in sentences:
-                for piece in split_pieces(ev.token):
+                if segment_open:
+                    pieces = split_pieces(ev.token)
+                else:
+                    first, *rest = split_first(ev.token)
+                    pieces = [first, *(q for r in rest for q in split_pieces(r))]
+                for piece in pieces:
                     if not segment_open:
                         output_emitter.start_segment(segment_id=request_id)
                         segment_open = True
