@@ -67,6 +67,11 @@ async def test_caller_question_gets_a_spoken_reply(settings: Settings, espeak) -
     replies = [t for t in turns[1:] if t["role"] == "agent"]
     assert replies and replies[0]["text"].strip()
     assert replies[0]["voice_to_voice_ms"] is not None and replies[0]["voice_to_voice_ms"] > 0
+    timings = replies[0]["timings"]
+    for key in ("stt_final_ms", "end_of_turn_ms", "llm_first_token_ms", "tts_first_audio_ms"):
+        assert timings[key] is not None and timings[key] >= 0, timings
+    assert timings["first_audio_out"] > timings["caller_speech_end"]
+    assert set(replies[0]["speculative"]) >= {"started", "used", "cancelled", "wasted_tokens"}
     assert recs[-1] == {**recs[-1], "type": "call_end", "reason": "caller_hangup"}
     assert "help" in heard.lower(), f"the caller should have heard the greeting: {heard!r}"
 

@@ -62,3 +62,18 @@ async def test_oversized_offer_is_refused(base_url: str) -> None:
             assert resp.status == 200
             page = await resp.text()
     assert "autoconnect" in page and "RTCPeerConnection" in page
+
+
+async def test_metrics_endpoint_serves_prometheus_text(base_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base_url}/metrics") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            body = await resp.text()
+    for name in (
+        "voice_agent_voice_to_voice_seconds",
+        "voice_agent_barge_in_pause_seconds",
+        "voice_agent_speculative_replies",
+        "voice_agent_active_calls",
+    ):
+        assert name in body

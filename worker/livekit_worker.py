@@ -18,9 +18,11 @@ from livekit.agents.cli.cli import _run_worker
 
 from . import records
 from .agent import VoiceAgent
+from .metrics import CallObserver
 from .models import Models, load_llm, load_models
 from .session import create_session
 from .settings import Settings
+from .turns import BackchannelPolicy, SpeculationTracker
 
 logger = logging.getLogger("worker.livekit")
 
@@ -57,14 +59,25 @@ def build_server(settings: Settings) -> AgentServer:
             caller=participant.attributes.get("sip.phoneNumber", participant.identity),
         )
         session = create_session(models, "telephony" if is_sip else "web")
-        records.attach(record, session)
+        ours = settings.turn.profile == "default"
+        speculation = SpeculationTracker(cancel_on_speech_start=ours)
+        observer = CallObserver(record=record, speculation=speculation)
+        observer.attach(session, "livekit-sip" if is_sip else "livekit-web")
+        records.attach(record, session, annotate=observer.annotate)
+        agent = VoiceAgent(
+            settings.agent,
+            backchannels=BackchannelPolicy(settings.turn.backchannels) if ours else None,
+            speculation=speculation,
+        )
 
         async def finish() -> None:
+            observer.detach()
             record.end("room_closed")
             await models.aclose()
 
         ctx.add_shutdown_callback(finish)
-        await session.start(VoiceAgent(settings.agent), room=ctx.room)
+        await session.start(agent, room=ctx.room)
+        speculation.attach(session)
 
     server.rtc_session(entrypoint, agent_name=settings.livekit.agent_name)
     return server

@@ -49,15 +49,22 @@ class UnknownVoiceError(ValueError):
 _CLAUSE_BREAK = re.compile(r"(?<=[,;:])\s+")
 
 
-def split_first(sentence: str, max_words: int = FIRST_PIECE_WORDS) -> list[str]:
-    """Split off a short opening piece: at a clause mark within reach, else after a few words."""
-    words = sentence.split()
-    if len(words) <= max_words + 2:
-        return [sentence]
-    for i, w in enumerate(words[: max_words + 2], start=1):
-        if w.endswith((",", ";", ":")):
-            return [" ".join(words[:i]), " ".join(words[i:])]
-    return [" ".join(words[:max_words]), " ".join(words[max_words:])]
+_HEAD_END = re.compile(r"[,;:.!?](?=\s)")
+
+
+def early_cut(text: str, max_words: int = FIRST_PIECE_WORDS) -> int | None:
+    """Where the reply's opening piece can end, as soon as the LLM has written it.
+
+    At the first clause or sentence mark, or after ``max_words`` complete words when no mark
+    comes within a couple more; ``None`` while it is too early to tell.
+    """
+    m = _HEAD_END.search(text)
+    if m is not None and len(text[: m.start()].split()) <= max_words + 2:
+        return m.end()
+    words = list(re.finditer(r"\S+(?=\s)", text))
+    if len(words) >= max_words + 2:
+        return words[max_words - 1].end()
+    return None
 
 
 def split_pieces(sentence: str, max_words: int = MAX_PIECE_WORDS) -> list[str]:
@@ -157,32 +164,46 @@ class SynthesizeStream(tts.SynthesizeStream):
             stream=True,
         )
         sentences = self._kokoro_tts._sentences.stream()
+        # pieces to speak, in order: the early head of the reply, then sentence pieces
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
 
         async def feed() -> None:
+            head: str | None = ""
             async for data in self._input_ch:
                 if isinstance(data, self._FlushSentinel):
                     sentences.flush()
-                else:
+                    continue
+                if head is None:
                     sentences.push_text(data)
+                    continue
+                head += data
+                cut = early_cut(head)
+                if cut:
+                    pieces.put_nowait(head[:cut].strip())
+                    sentences.push_text(head[cut:])
+                    head = None
+            if head:
+                sentences.push_text(head)
             sentences.end_input()
 
+        async def split() -> None:
+            async for ev in sentences:
+                for piece in split_pieces(ev.token):
+                    pieces.put_nowait(piece)
+            pieces.put_nowait(None)
+
         feed_task = asyncio.create_task(feed())
+        split_task = asyncio.create_task(split())
         segment_open = False
         try:
-            async for ev in sentences:
-                if segment_open:
-                    pieces = split_pieces(ev.token)
-                else:
-                    first, *rest = split_first(ev.token)
-                    pieces = [first, *(q for r in rest for q in split_pieces(r))]
-                for piece in pieces:
-                    if not segment_open:
-                        output_emitter.start_segment(segment_id=request_id)
-                        segment_open = True
-                    self._mark_started()
-                    pcm = await self._kokoro_tts.synthesize_async(piece)
-                    if pcm.size:
-                        output_emitter.push(pcm.tobytes())
+            while (piece := await pieces.get()) is not None:
+                if not segment_open:
+                    output_emitter.start_segment(segment_id=request_id)
+                    segment_open = True
+                self._mark_started()
+                pcm = await self._kokoro_tts.synthesize_async(piece)
+                if pcm.size:
+                    output_emitter.push(pcm.tobytes())
             if segment_open:
                 output_emitter.end_segment()
             await feed_task
@@ -190,6 +211,7 @@ class SynthesizeStream(tts.SynthesizeStream):
             logger.debug("synthesis %s cancelled", request_id)
             raise
         finally:
-            if not feed_task.done():
-                feed_task.cancel()
+            for task in (feed_task, split_task):
+                if not task.done():
+                    task.cancel()
             await sentences.aclose()

@@ -1,0 +1,62 @@
+"""Turn policy pieces that need no model: backchannel words and scenario files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.harness import ScenarioError, load_scenario
+from worker.turns import BackchannelPolicy
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+@pytest.mark.parametrize(
+    "text", ["Uh-huh.", "Mm-hmm", "yeah, okay", "Okay.", "Right.", "all right all right", ""]
+)
+def test_backchannels_and_silence_do_not_interrupt(text: str) -> None:
+    assert BackchannelPolicy().is_backchannel(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["No wait, stop, cancel that.", "Stop.", "Yeah, but I want three.", "right now please"]
+)
+def test_other_words_interrupt(text: str) -> None:
+    assert not BackchannelPolicy().is_backchannel(text)
+
+
+def test_backchannel_list_is_configurable() -> None:
+    policy = BackchannelPolicy(["d'accord", "oui"])
+    assert policy.is_backchannel("Oui, d'accord.")
+    assert not policy.is_backchannel("uh-huh")
+
+
+def test_every_shipped_scenario_parses() -> None:
+    files = [
+        *SCENARIOS.glob("*.yaml"),
+        *(SCENARIOS.parent.parent / "benchmarks/scenarios").glob("*.yaml"),
+    ]
+    assert len(files) >= 5
+    for f in files:
+        sc = load_scenario(f)
+        assert sc.steps, f
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("steps: 3", "'steps' list"),
+        ("steps:\n  - say: ''", "needs text"),
+        ("steps:\n  - pause: -1", "positive number"),
+        ("steps:\n  - wait_for: lunch", "wait_for must be"),
+        ("steps:\n  - say: hi\n    noise: 1", "exactly one"),
+        ("steps:\n  - after: soon\n    say: hi", "'after' must be"),
+        ("steps: [", "not valid YAML"),
+    ],
+)
+def test_bad_scenarios_are_clear_errors(tmp_path: Path, body: str, error: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(body)
+    with pytest.raises(ScenarioError, match=error):
+        load_scenario(f)
