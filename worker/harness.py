@@ -359,9 +359,7 @@ async def run_scenario(
     out["call_id"] = call.call_id
     out["speculation"] = result.speculation.settle().as_dict()
     out["cut_after_pause_ms"] = [
-        round((c - p) * 1000, 1)
-        for p, c in zip(tl.pauses, tl.clears, strict=False)
-        if c >= p
+        round((c - p) * 1000, 1) for p, c in zip(tl.pauses, tl.clears, strict=False) if c >= p
     ]
     out["chat"] = [
         {"role": m.role, "text": m.text_content or "", "interrupted": m.interrupted}
