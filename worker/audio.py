@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,19 +47,13 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
         w.writeframes(samples.tobytes())
 
 
-def frames_of(samples: np.ndarray, sample_rate: int, ms: int = 20) -> Iterator[rtc.AudioFrame]:
-    """Cut mono int16 samples into ``ms``-long frames (the last one zero-padded)."""
-    n = sample_rate * ms // 1000
-    for i in range(0, len(samples), n):
-        chunk = samples[i : i + n]
-        if len(chunk) < n:
-            chunk = np.pad(chunk, (0, n - len(chunk)))
-        yield rtc.AudioFrame(chunk.astype(np.int16).tobytes(), sample_rate, 1, n)
-
-
-def frame_samples(frame: rtc.AudioFrame) -> np.ndarray:
-    """Mono int16 samples of a frame."""
-    data = np.frombuffer(frame.data, dtype=np.int16)
-    if frame.num_channels > 1:
-        data = data.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
-    return data
+def resample(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
+    """Mono int16 samples from one rate to another (livekit's resampler, high quality)."""
+    if src == dst:
+        return samples.astype(np.int16)
+    r = rtc.AudioResampler(src, dst, num_channels=1, quality=rtc.AudioResamplerQuality.HIGH)
+    frame = rtc.AudioFrame(samples.astype(np.int16).tobytes(), src, 1, samples.size)
+    out = [*r.push(frame), *r.flush()]
+    if not out:
+        return np.zeros(0, dtype=np.int16)
+    return np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in out])

@@ -287,14 +287,10 @@ async def _check(settings: Settings) -> int:
 
 
 def _resample_pcm(pcm: Any, src: int, dst: int) -> Any:
-    import numpy as np
-    from livekit import rtc
+    """Float32 samples in [-1, 1] at ``dst`` from int16 samples at ``src``."""
+    from .audio import resample
 
-    resampler = rtc.AudioResampler(src, dst, num_channels=1)
-    frame = rtc.AudioFrame(pcm.astype(np.int16).tobytes(), src, 1, pcm.size)
-    out = [*resampler.push(frame), *resampler.flush()]
-    data = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in out])
-    return data.astype(np.float32) / 32768.0
+    return resample(pcm, src, dst).astype("float32") / 32768.0
 
 
 def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:

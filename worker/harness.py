@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -23,12 +22,11 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from livekit import rtc
 
 from telephony.loopback import LoopbackCall
 
 from . import records
-from .audio import AudioFileError, read_wav
+from .audio import AudioFileError, read_wav, resample
 from .call import run_call
 from .models import Models
 from .session import TurnProfile
@@ -101,15 +99,6 @@ def load_scenario(path: Path) -> Scenario:
     )
 
 
-def _resample(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
-    if src == dst:
-        return samples
-    r = rtc.AudioResampler(src, dst, num_channels=1, quality=rtc.AudioResamplerQuality.HIGH)
-    f = rtc.AudioFrame(samples.astype(np.int16).tobytes(), src, 1, samples.size)
-    out = [*r.push(f), *r.flush()]
-    return np.concatenate([np.frombuffer(x.data, np.int16) for x in out])
-
-
 class CallerVoice:
     """Caller lines spoken by espeak-ng, cached per text."""
 
@@ -130,7 +119,7 @@ class CallerVoice:
                     check=True, capture_output=True,
                 )  # fmt: skip
                 samples, rate = read_wav(wav)
-            self._cache[text] = _resample(samples, rate, RATE)
+            self._cache[text] = resample(samples, rate, RATE)
         return self._cache[text]
 
 
@@ -224,7 +213,7 @@ async def _run_steps(call: LoopbackCall, scenario: Scenario, tl: _Timeline) -> N
                     wav, rate = read_wav(path)
                 except (FileNotFoundError, AudioFileError) as e:
                     raise ScenarioError(f"{scenario.name}: cannot play {path}: {e}") from e
-                samples, text = _resample(wav, rate, RATE), path.name
+                samples, text = resample(wav, rate, RATE), path.name
             if pending_pause is not None and step.kind == "say" and prev_kind == "pause":
                 tl.mid_turn_pauses.append((pending_pause, time.time()))
             pending_pause = None
@@ -395,7 +384,3 @@ def format_table(result: dict[str, Any]) -> str:
         f"{sm['cut_offs']}; wasted speculative tokens {sm['wasted_speculative_tokens']}"
     )
     return "\n".join(lines)
-
-
-def median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 1) if values else None

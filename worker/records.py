@@ -91,10 +91,6 @@ class CallRecord:
             os.fsync(self._f.fileno())
             self._f.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
 
 Annotate = Callable[[llm.ChatMessage], dict[str, Any]]
 
