@@ -122,7 +122,11 @@ class LLMSettings(BaseModel):
         description="GGUF for the embedded server: `smollm2` (offline asset), a local path, "
         "or `owner/repo:file.gguf` on Hugging Face.",
     )
-    embedded_threads: int = Field(2, description="CPU threads of the embedded server.")
+    embedded_threads: int = Field(
+        1,
+        description="CPU threads of the embedded server; one leaves a core for speech "
+        "synthesis, which the caller is waiting on.",
+    )
     embedded_ctx: int = Field(4096, description="Context length of the embedded server.")
 
 
