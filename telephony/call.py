@@ -43,6 +43,10 @@ class Call:
         if self.on_event is not None:
             self.on_event(event)
 
+    async def close(self) -> None:
+        """Release the transport's resources once the call is over."""
+        self.mark_ended(self.end_reason)
+
     async def hangup(self, reason: str = "agent_hangup") -> None:
         self.mark_ended(reason)
 

@@ -174,6 +174,20 @@ class TurnSettings(BaseModel):
     )
 
 
+class TwilioSettings(BaseModel):
+    """Twilio Media Streams at ``/twilio/media`` on the worker's HTTP server."""
+
+    auth_token: SecretStr = Field(
+        SecretStr(""),
+        description="Twilio auth token; when set, `X-Twilio-Signature` is required and checked.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="The wss:// URL Twilio connects to, if a proxy changes it (signatures are "
+        "computed over it).",
+    )
+
+
 class LiveKitSettings(BaseModel):
     """LiveKit server connection; unset URL means embedded local mode."""
 
@@ -204,6 +218,7 @@ class Settings(BaseSettings):
     tts: TTSSettings = TTSSettings()
     llm: LLMSettings = LLMSettings()
     turn: TurnSettings = TurnSettings()
+    twilio: TwilioSettings = TwilioSettings()
     livekit: LiveKitSettings = LiveKitSettings()
 
     @property

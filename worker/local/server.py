@@ -14,11 +14,15 @@ import logging
 from importlib import resources
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from telephony import twilio
+from telephony.call import Call
 
 from .. import metrics, records
 from ..call import run_call
 from ..models import Models
+from ..session import Profile
 from .webrtc import OfferError, WebRTCCall
 
 logger = logging.getLogger("worker.local")
@@ -32,7 +36,7 @@ class LocalServer:
     def __init__(self, models: Models, *, max_calls: int = 4) -> None:
         self._models = models
         self._max_calls = max_calls
-        self._calls: dict[str, WebRTCCall] = {}
+        self._calls: dict[str, Call] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self.draining = False
@@ -43,6 +47,7 @@ class LocalServer:
                 web.post("/offer", self._offer),
                 web.get("/healthz", self._health),
                 web.get("/metrics", self._metrics),
+                web.get("/twilio/media", self._twilio),
             ]
         )
 
@@ -58,6 +63,78 @@ class LocalServer:
         return web.json_response(
             {"status": "draining" if self.draining else "ok", "calls": self.active_calls}
         )
+
+    async def _twilio(self, request: web.Request) -> web.StreamResponse:
+        """A Twilio Media Streams WebSocket: one phone call."""
+        tw = self._models.settings.twilio
+        token = tw.auth_token.get_secret_value()
+        if token:
+            url = tw.public_url or str(
+                request.url.with_scheme(
+                    "wss"
+                    if request.headers.get("X-Forwarded-Proto", request.scheme) in ("https", "wss")
+                    else "ws"
+                )
+            )
+            if not twilio.signature_valid(token, url, request.headers.get("X-Twilio-Signature")):
+                logger.warning("twilio stream refused: bad or missing signature")
+                return _error(403, "invalid X-Twilio-Signature")
+        if self.draining or self.active_calls >= self._max_calls:
+            return _error(503, "busy")
+        ws = web.WebSocketResponse(max_msg_size=twilio.MAX_MESSAGE_BYTES, heartbeat=30)
+        await ws.prepare(request)
+        call: twilio.TwilioCall | None = None
+        task: asyncio.Task[Any] | None = None
+        close_reason = ""
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    if message.type == WSMsgType.BINARY:
+                        close_reason = "binary frames are not part of Media Streams"
+                    break
+                try:
+                    msg = twilio.parse_message(message.data)
+                    event = msg["event"]
+                    if event == "start":
+                        if call is not None:
+                            raise twilio.TwilioProtocolError("a second 'start' on one stream")
+                        start = msg["start"]
+                        call = twilio.TwilioCall(
+                            records.new_call_id(),
+                            stream_sid=start.get("streamSid") or msg["streamSid"],
+                            send=ws.send_json,
+                            caller=(start.get("customParameters") or {}).get("from"),
+                        )
+                        self._calls[call.call_id] = call
+                        call.start_sending()
+                        task = asyncio.create_task(self._run(call, "telephony"))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+                    elif event in ("media", "dtmf", "mark", "stop") and call is None:
+                        raise twilio.TwilioProtocolError(f"'{event}' before 'start'")
+                    elif event == "media" and call is not None:
+                        call.receive_media(msg["_audio"])
+                    elif event == "dtmf" and call is not None:
+                        call.dtmf_received(msg["dtmf"]["digit"])
+                    elif event == "stop" and call is not None:
+                        call.mark_ended("caller_hangup")
+                        break
+                except twilio.TwilioProtocolError as e:
+                    close_reason = str(e)
+                    break
+        finally:
+            if call is not None:
+                call.mark_ended("caller_hangup" if not close_reason else "protocol_error")
+            if close_reason:
+                logger.warning("closing twilio stream: %s", close_reason)
+                await ws.close(
+                    code=WSCloseCode.UNSUPPORTED_DATA, message=close_reason.encode()[:120]
+                )
+            elif not ws.closed:
+                await ws.close()
+            if task is not None:
+                await asyncio.wait({task}, timeout=15)
+        return ws
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         body, content_type = metrics.render()
@@ -94,9 +171,9 @@ class LocalServer:
         task.add_done_callback(self._tasks.discard)
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": call.call_id})
 
-    async def _run(self, call: WebRTCCall) -> None:
+    async def _run(self, call: Call, profile: Profile = "web") -> None:
         try:
-            await run_call(self._models, call, profile="web")
+            await run_call(self._models, call, profile=profile)
         except Exception:
             logger.exception("call %s failed", call.call_id)
         finally:
