@@ -65,3 +65,15 @@ def test_check_loads_every_model_and_reports_timings(data_dir: Path) -> None:
     for part in ("vad", "turn", "stt", "tts", "llm"):
         assert any(line.startswith(part) for line in res.stdout.splitlines()), res.stdout
     assert "check is complete" in res.stdout.lower()
+
+
+def test_unknown_voice_is_a_one_line_error_listing_voices(data_dir: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "worker", "say", "hello", "-o", str(data_dir / "x.wav"),
+         "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "WORKER_TTS__VOICE": "nobody"},
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "unknown Kokoro voice 'nobody'" in res.stderr and "af_heart" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -122,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(settings.log_level)
     handler = _COMMANDS[args.command]
+    from plugins.kokoro import UnknownVoiceError
+    from plugins.llama_cpp import EmbeddedServerError
+
     try:
         return handler(settings, args)
-    except (CLIError, assets.AssetError) as e:
+    except (CLIError, assets.AssetError, UnknownVoiceError, EmbeddedServerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
