@@ -130,7 +130,9 @@ class PacedAudioOutput(io.AudioOutput):
                 self._chunks.append(t)
                 self._buffered += t.size
         self._flushed = True
-        if self._buffered == 0:
+        if self._buffered == 0:  # everything was already played (synthesis slower than playout)
+            if self._started:
+                self._notify("done")
             self._finish(interrupted=False)
 
     def clear_buffer(self) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from livekit import rtc
 
 from plugins.llama_cpp.server import free_port
 from telephony.loopback import LoopbackCall
 from worker import records
+from worker.audio import resample
 from worker.call import run_call
 from worker.models import load_models
 from worker.settings import Settings
@@ -19,12 +19,6 @@ from worker.settings import Settings
 from .conftest import load_pcm
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
-
-
-def _to_rate(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
-    r = rtc.AudioResampler(src, dst, num_channels=1, quality=rtc.AudioResamplerQuality.HIGH)
-    f = rtc.AudioFrame(samples.astype(np.int16).tobytes(), src, 1, samples.size)
-    return np.concatenate([np.frombuffer(x.data, np.int16) for x in [*r.push(f), *r.flush()]])
 
 
 async def _converse(
@@ -39,7 +33,7 @@ async def _converse(
         await call.silence(3.5)  # the greeting plays
         for path in utterances:
             samples, rate = load_pcm(path)
-            await call.play(_to_rate(samples, rate, 16000))
+            await call.play(resample(samples, rate, 16000))
             await call.silence(gap)
         call.mark_ended("caller_hangup")
 
@@ -49,7 +43,7 @@ async def _converse(
         await script
         assert models.stt is not None
         heard = call.heard()
-        heard_16k = _to_rate(heard, call.output_rate, 16000).astype(np.float32) / 32768.0
+        heard_16k = resample(heard, call.output_rate, 16000).astype(np.float32) / 32768.0
         text = await models.stt.transcribe_async(heard_16k)
     finally:
         await call.close()

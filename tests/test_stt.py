@@ -12,6 +12,7 @@ from livekit import rtc
 from livekit.agents import stt as lkstt
 
 from plugins.faster_whisper import STT
+from worker.audio import resample
 from worker.models import load_stt
 from worker.settings import Settings
 
@@ -28,13 +29,6 @@ SENTENCES = [
 ]
 
 
-def _resample(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
-    r = rtc.AudioResampler(src, dst, num_channels=1, quality=rtc.AudioResamplerQuality.HIGH)
-    frame = rtc.AudioFrame(samples.astype(np.int16).tobytes(), src, 1, samples.size)
-    out = [*r.push(frame), *r.flush()]
-    return np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in out])
-
-
 @pytest.fixture(scope="module")
 def whisper(real_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> STT:
     d = tmp_path_factory.mktemp("stt")
@@ -46,7 +40,7 @@ def test_transcribes_spoken_sentences_with_low_word_error(whisper: STT, espeak) 
     errors = []
     for text in SENTENCES:
         samples, rate = load_pcm(espeak(text))
-        pcm = _resample(samples, rate, 16000).astype(np.float32) / 32768.0
+        pcm = resample(samples, rate, 16000).astype(np.float32) / 32768.0
         heard = whisper.transcribe_pcm(pcm)
         errors.append(word_error_rate(text, heard))
     mean = sum(errors) / len(errors)
@@ -85,7 +79,7 @@ async def test_stream_gives_final_transcript_at_any_input_rate(
     errors = []
     for text in (SENTENCES[1], SENTENCES[2]):
         samples, src = load_pcm(espeak(text))
-        events = await _stream(whisper, _resample(samples, src, rate), rate, pace=8.0)
+        events = await _stream(whisper, resample(samples, src, rate), rate, pace=8.0)
         kinds = [ev.type for _, ev in events]
         assert kinds[0] == lkstt.SpeechEventType.START_OF_SPEECH
         assert kinds[-1] == lkstt.SpeechEventType.END_OF_SPEECH
