@@ -307,8 +307,8 @@ def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
     except AudioFileError as e:
         raise CLIError(str(e)) from e
     stt = load_stt(settings)
-    audio = _resample_pcm(samples, rate, 16000) if rate != 16000 else samples / 32768.0
-    print(stt.transcribe_pcm(audio.astype("float32")))
+    audio = _resample_pcm(samples, rate, 16000)
+    print(stt.transcribe_pcm(audio))
     return 0
 
 

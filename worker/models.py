@@ -76,7 +76,7 @@ def load_turn_detector() -> Any:
     return TurnDetector(version="v1-mini")
 
 
-def load_stt(settings: Settings, vad: agents_vad.VAD | None = None) -> WhisperSTT:
+def load_stt(settings: Settings) -> WhisperSTT:
     s = settings.stt
     model = assets.resolve(s.model, settings.models_dir)
     return WhisperSTT(
