@@ -14,10 +14,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import assets, records
 from .settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from telephony.sip import SipServer
+
+    from .local.server import LocalServer
 
 logger = logging.getLogger("worker")
 
@@ -54,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
             help="address of the local page (default 127.0.0.1:8080)",
         )
         sp.add_argument("--max-calls", type=int, default=4, help="concurrent local calls")
+        sp.add_argument(
+            "--sip",
+            type=_host_port,
+            metavar="HOST:PORT",
+            help="also answer SIP calls (UDP) on this address, e.g. 127.0.0.1:5060",
+        )
 
     sub.add_parser("console", parents=[common], help="chat with the agent in the terminal (text)")
 
@@ -116,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "http", None):
             host, port = args.http
             overrides["http"] = {"host": host, "port": port}
+        if getattr(args, "sip", None):
+            host, port = args.sip
+            overrides["sip"] = {"listen": f"{host}:{port}"}
         settings = load_settings(args.config, **overrides)
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -175,6 +189,7 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
     started = time.perf_counter()
     models = await load_models(settings)
     server = LocalServer(models, max_calls=max_calls)
+    sip: SipServer | None = None
     try:
         try:
             await server.start(settings.http.host, settings.http.port)
@@ -183,10 +198,13 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
                 f"cannot listen on {settings.http.host}:{settings.http.port}: {e.strerror}; "
                 "pick another with --http HOST:PORT"
             ) from e
+        if settings.sip.listen:
+            sip = await _start_sip(settings, server)
         url = f"http://{settings.http.host}:{settings.http.port}/"
+        sip_note = f" SIP calls to sip:agent@{sip.address[0]}:{sip.address[1]}." if sip else ""
         print(
             f"ready in {time.perf_counter() - started:.1f}s. Open {url} in a browser and "
-            "press Connect (Ctrl+C to stop).",
+            f"press Connect (Ctrl+C to stop).{sip_note}",
             flush=True,
         )
         stop = asyncio.Event()
@@ -196,9 +214,33 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
         await stop.wait()
         print("stopping...", file=sys.stderr)
     finally:
+        if sip is not None:
+            await sip.stop()
         await server.stop()
         await models.aclose()
     return 0
+
+
+async def _start_sip(settings: Settings, server: LocalServer) -> SipServer:
+    from telephony.sip import SipServer
+
+    cfg = settings.sip.transport_config()
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.username and cfg.password):
+        logger.warning(
+            "SIP on %s admits only %s without authentication; set sip.username/sip.password "
+            "for callers elsewhere",
+            cfg.host,
+            ", ".join(cfg.allow),
+        )
+    sip = SipServer(cfg, on_call=server.run_phone_call)
+    try:
+        await sip.start()
+    except OSError as e:
+        raise CLIError(
+            f"cannot listen for SIP on {cfg.host}:{cfg.port}: {e.strerror}; "
+            "pick another with --sip HOST:PORT"
+        ) from e
+    return sip
 
 
 def cmd_console(settings: Settings, _args: argparse.Namespace) -> int:

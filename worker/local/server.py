@@ -171,6 +171,10 @@ class LocalServer:
         task.add_done_callback(self._tasks.discard)
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": call.call_id})
 
+    async def run_phone_call(self, call: Call) -> None:
+        """Hold a call that arrived on another transport (SIP) with the telephony profile."""
+        await self._run(call, "telephony")
+
     async def _run(self, call: Call, profile: Profile = "web") -> None:
         try:
             await run_call(self._models, call, profile=profile)

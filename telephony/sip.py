@@ -1,0 +1,797 @@
+"""Direct SIP/RTP: a trunk or softphone calls the worker without LiveKit.
+
+A user agent server over UDP (RFC 3261): INVITE is answered 100, 180, then 200 with an SDP
+answer (PCMU/PCMA and telephone-event), or with an offer when the INVITE had none; ACK, BYE
+either way, CANCEL, OPTIONS, INFO (DTMF), re-INVITE (keep-alive, hold, new media address) and
+NOTIFY (transfer progress) are handled, and the agent can hang up (BYE) or cold-transfer
+(REFER). Responses to retransmitted requests are replayed; our 2xx and our requests are
+retransmitted on UDP's T1/T2 timers.
+
+Admission: a source allow-list, digest authentication (MD5, qop=auth) for everyone else when
+credentials are set, a per-source limit on failed attempts, and a maximum number of calls
+(486 beyond it; 503 while draining). Anything malformed gets its SIP error (400, 415, 481,
+488, 501, 513, ...) and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+from livekit import rtc
+
+from . import sdp
+from .call import Call
+from .rtp import RATE, RtpSession
+from .sip_message import (
+    SipMessage,
+    SipParseError,
+    error_from_headers,
+    new_branch,
+    new_tag,
+    param,
+    parse,
+    response,
+    split_list,
+    tag,
+    uri_host_port,
+    uri_of,
+    uri_user,
+)
+
+logger = logging.getLogger("telephony.sip")
+
+T1, T2 = 0.5, 4.0
+TIMER_B = 64 * T1  # give up on a transaction after 32 s
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY, REFER"
+KNOWN_METHODS = {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "PRACK", "UPDATE", "REFER"}
+
+
+@dataclass
+class SipConfig:
+    """How the SIP endpoint listens and whom it lets in (see the README's settings table)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5060
+    public_address: str | None = None
+    rtp_ports: tuple[int, int] = (10000, 20000)
+    max_calls: int = 4
+    allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    username: str = ""
+    password: str = ""
+    realm: str = "voice-worker"
+    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA"])
+    answer_delay: float = 0.0
+    jitter_packets: int = 3
+    rtp_timeout: float = 30.0
+    symmetric_rtp: bool = False
+    transfer_wait: float = 5.0
+    max_auth_failures: int = 10
+    user_agent: str = "voice-worker"
+
+
+class TransferError(RuntimeError):
+    """The far end refused or failed the transfer; the call goes on."""
+
+
+# -- digest authentication ------------------------------------------------------------------
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+class DigestAuth:
+    """RFC 2617/7616 MD5 digest with stateless, time-limited nonces."""
+
+    NONCE_TTL = 300.0
+
+    def __init__(self, realm: str, username: str, password: str) -> None:
+        self.realm, self.username, self._password = realm, username, password
+        self._key = secrets.token_bytes(16)
+
+    def nonce(self) -> str:
+        stamp = f"{time.time():.0f}"
+        mac = hmac.new(self._key, stamp.encode(), hashlib.sha256).hexdigest()[:24]
+        return f"{stamp}.{mac}"
+
+    def _nonce_state(self, nonce: str) -> str:
+        stamp, _, mac = nonce.partition(".")
+        good = hmac.new(self._key, stamp.encode(), hashlib.sha256).hexdigest()[:24]
+        if not stamp.isdigit() or not hmac.compare_digest(mac, good):
+            return "bad"
+        return "stale" if time.time() - int(stamp) > self.NONCE_TTL else "ok"
+
+    def challenge(self, stale: bool = False) -> str:
+        return f'Digest realm="{self.realm}", nonce="{self.nonce()}", algorithm=MD5, qop="auth"' + (
+            ", stale=true" if stale else ""
+        )
+
+    def check(self, method: str, header: str | None) -> str:
+        """``ok``, ``stale`` (re-challenge quietly) or ``bad``."""
+        if not header or not header.lower().startswith("digest "):
+            return "missing"
+        p: dict[str, str] = {}
+        for part in split_list(header[7:]):
+            k, _, v = part.partition("=")
+            p[k.strip().lower()] = v.strip().strip('"')
+        if p.get("username") != self.username or p.get("realm") != self.realm:
+            return "bad"
+        if p.get("algorithm", "MD5").upper() != "MD5":
+            return "bad"
+        state = self._nonce_state(p.get("nonce", ""))
+        if state != "ok":
+            return state
+        ha1 = _md5(f"{self.username}:{self.realm}:{self._password}")
+        ha2 = _md5(f"{method}:{p.get('uri', '')}")
+        if p.get("qop"):
+            nc, cnonce = p.get("nc", ""), p.get("cnonce", "")
+            expected = _md5(f"{ha1}:{p['nonce']}:{nc}:{cnonce}:auth:{ha2}")
+        else:
+            expected = _md5(f"{ha1}:{p['nonce']}:{ha2}")
+        return "ok" if hmac.compare_digest(expected, p.get("response", "")) else "bad"
+
+
+# -- the call -------------------------------------------------------------------------------
+
+
+class SipCall(Call):
+    """One SIP dialog and its RTP session, seen by the agent as a :class:`Call`."""
+
+    transport = "sip"
+
+    def __init__(self, server: SipServer, invite: SipMessage, source: tuple[str, int]) -> None:
+        from_hdr = invite.get("from") or ""
+        super().__init__(
+            f"sip-{secrets.token_hex(6)}", output_rate=RATE, caller=uri_user(uri_of(from_hdr))
+        )
+        self.server = server
+        self.sip_call_id = invite.call_id
+        self.local_tag = new_tag()
+        self.remote_tag = tag(from_hdr) or ""
+        self.local_uri = uri_of(invite.get("to") or "")
+        self.remote_from = from_hdr
+        self.local_to = f"{invite.get('to')};tag={self.local_tag}"
+        contact = invite.get("contact")
+        self.remote_target = uri_of(contact) if contact else f"sip:{source[0]}:{source[1]}"
+        self.route_set = invite.get_all("record-route")
+        self.source = source
+        self.local_cseq = secrets.randbelow(10_000) + 1
+        self.remote_cseq = invite.cseq[0]
+        self.invite = invite
+        self.invite_branch = invite.branch
+        self.confirmed = False
+        self.answered = False
+        self.terminated = False
+        self.offer_in_invite = bool(invite.body)
+        self.rtp: RtpSession | None = None
+        self.sdp: sdp.SessionWriter | None = None
+        self.notify_waiter: asyncio.Future[int] | None = None
+        self.ringing_task: asyncio.Task[None] | None = None
+        self.watch_task: asyncio.Task[None] | None = None
+
+    def receive_audio(self, pcm: np.ndarray) -> None:
+        self.audio_input.push(rtc.AudioFrame(pcm.tobytes(), RATE, 1, pcm.size))
+
+    async def hangup(self, reason: str = "agent_hangup") -> None:
+        """Send BYE (the agent's hang-up tool ends here) and end the call."""
+        if self.answered and not self.terminated:
+            self.terminated = True
+            await self.server.send_in_dialog(self, "BYE")
+        self.mark_ended(reason)
+
+    async def transfer(self, target: str) -> None:
+        """Cold transfer: REFER the caller to ``target``; on acceptance we leave the call."""
+        if not target.lower().startswith(("sip:", "sips:", "tel:")):
+            target = f"sip:{target}"
+        loop = asyncio.get_running_loop()
+        self.notify_waiter = loop.create_future()
+        resp = await self.server.send_in_dialog(
+            self, "REFER",
+            [("refer-to", f"<{target}>"), ("referred-by", f"<{self.local_uri}>")],
+        )  # fmt: skip
+        if resp is None or resp.status is None or resp.status >= 300:
+            code = resp.status if resp is not None else "no answer"
+            raise TransferError(f"transfer to {target} refused ({code})")
+        try:
+            final = await asyncio.wait_for(
+                asyncio.shield(self.notify_waiter), self.server.config.transfer_wait
+            )
+        except TimeoutError:
+            final = 202  # accepted and still ringing: a cold transfer leaves anyway
+        if final >= 300:
+            raise TransferError(f"transfer to {target} failed ({final})")
+        await self.hangup("transferred")
+
+    async def send_dtmf(self, digits: str) -> None:
+        if self.rtp is None or self.rtp.dtmf_pt is None:
+            raise NotImplementedError("the caller did not offer telephone-event")
+        self.rtp.queue_dtmf(digits)
+
+    async def close(self) -> None:
+        if not self.terminated and self.answered:
+            with contextlib.suppress(Exception):
+                await self.hangup(self.end_reason)
+        self.mark_ended(self.end_reason)
+        self.server.forget(self)
+        for task in (self.ringing_task, self.watch_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        if self.rtp is not None:
+            await self.rtp.stop()
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+@dataclass
+class _ClientTx:
+    data: bytes
+    dest: tuple[str, int]
+    future: asyncio.Future[SipMessage | None]
+    task: asyncio.Task[None] | None = None
+
+
+class SipServer(asyncio.DatagramProtocol):
+    """The UDP endpoint: admission, transactions and dialogs. ``on_call`` runs a call until it
+    ends (it gets the :class:`SipCall` once the 200 OK is sent)."""
+
+    def __init__(self, config: SipConfig, on_call: Callable[[SipCall], Awaitable[Any]]) -> None:
+        self.config = config
+        self._on_call = on_call
+        self._allow = [ipaddress.ip_network(n, strict=False) for n in config.allow]
+        self._auth = (
+            DigestAuth(config.realm, config.username, config.password)
+            if config.username and config.password
+            else None
+        )
+        self.transport: asyncio.DatagramTransport | None = None
+        self.address: tuple[str, int] = (config.host, config.port)
+        self.calls: dict[str, SipCall] = {}
+        self._responses: dict[tuple[str, str, str], tuple[bytes, tuple[str, int], float]] = {}
+        self._retransmits: dict[str, asyncio.Task[None]] = {}
+        self._client: dict[str, _ClientTx] = {}
+        self._failures: dict[str, deque[float]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.draining = False
+        self.stats = {"invites": 0, "answered": 0, "rejected": 0, "malformed": 0}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self.config.host, self.config.port)
+        )
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.address = (host, port)
+        logger.info("SIP listening on udp %s:%d", host, port)
+
+    async def stop(self, reason: str = "worker_shutdown") -> None:
+        """Hang up every call (BYE), then close the socket."""
+        self.draining = True
+        for call in list(self.calls.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(call.hangup(reason), 2)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        for task in self._retransmits.values():
+            task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    def forget(self, call: SipCall) -> None:
+        if self.calls.get(call.sip_call_id) is call:
+            del self.calls[call.sip_call_id]
+
+    @property
+    def active_calls(self) -> int:
+        return len(self.calls)
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- the wire --------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not data.strip(b"\r\n\x00 "):
+            return  # RFC 5626 keep-alive
+        try:
+            msg = parse(data)
+        except SipParseError as e:
+            self.stats["malformed"] += 1
+            logger.info("malformed SIP from %s:%d: %s", addr[0], addr[1], e.reason)
+            out = error_from_headers(e)
+            if out is not None and self.transport is not None:
+                self.transport.sendto(out, self._reply_address_raw(e.headers, addr))
+            return
+        try:
+            if msg.is_request:
+                self._on_request(msg, addr)
+            else:
+                self._on_response(msg)
+        except Exception:
+            logger.exception("error handling SIP from %s:%d", addr[0], addr[1])
+            if msg.is_request and msg.method != "ACK":
+                self._respond(msg, addr, 500)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("sip socket error: %s", exc)
+
+    def _reply_address_raw(
+        self, headers: list[tuple[str, str]], source: tuple[str, int]
+    ) -> tuple[str, int]:
+        via = next((v for k, v in headers if k == "via"), None)
+        return self._reply_address(via, source)
+
+    def _reply_address(self, via: str | None, source: tuple[str, int]) -> tuple[str, int]:
+        """RFC 3261 18.2.2 and RFC 3581: the source IP, and the source port if rport asked."""
+        if via is None:
+            return source
+        first = split_list(via)[0] if via else ""
+        if param(first, "rport") is not None:
+            return source
+        sent_by = first.split(None, 1)[1].split(";", 1)[0] if " " in first else ""
+        try:
+            _, port = uri_host_port("sip:" + sent_by)
+        except ValueError:
+            return source
+        return source[0], port
+
+    def _send_raw(self, data: bytes, dest: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, dest)
+
+    def _respond(
+        self,
+        req: SipMessage,
+        source: tuple[str, int],
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> bytes:
+        extra = [("server", self.config.user_agent)] + (headers or [])
+        resp = response(req, status, reason, to_tag=to_tag, headers=extra, body=body)
+        data = resp.to_bytes()
+        dest = self._reply_address(req.get("via"), source)
+        self._send_raw(data, dest)
+        if status >= 200 and req.method != "ACK":
+            self._responses[self._tx_key(req)] = (data, dest, time.monotonic())
+            if len(self._responses) > 2048:
+                self._expire_responses()
+        return data
+
+    def _tx_key(self, req: SipMessage) -> tuple[str, str, str]:
+        return (req.branch or f"{req.call_id}/{req.cseq[0]}", req.method or "", req.call_id)
+
+    def _expire_responses(self) -> None:
+        cutoff = time.monotonic() - TIMER_B
+        for key in [k for k, (_, _, at) in self._responses.items() if at < cutoff]:
+            del self._responses[key]
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _on_request(self, req: SipMessage, source: tuple[str, int]) -> None:
+        method = req.method or ""
+        if method != "ACK":
+            cached = self._responses.get(self._tx_key(req))
+            if cached is not None:  # a retransmission: replay our answer
+                self._send_raw(cached[0], cached[1])
+                return
+            if method == "INVITE" and self._invite_in_progress(req):
+                return
+        mf = req.get("max-forwards")
+        if mf is not None and int(mf) == 0 and method not in ("ACK",):
+            self._respond(req, source, 483)
+            return
+        to_tag = tag(req.get("to"))
+        call = self.calls.get(req.call_id)
+        in_dialog = (
+            call is not None
+            and to_tag == call.local_tag
+            and tag(req.get("from")) == call.remote_tag
+        )
+        if method == "ACK":
+            self._on_ack(req, call if in_dialog else None)
+            return
+        if method == "CANCEL":
+            self._on_cancel(req, source)
+            return
+        if to_tag is not None and not in_dialog:
+            self._respond(req, source, 481)
+            return
+        if in_dialog and call is not None:
+            self._in_dialog(req, source, call)
+            return
+        # out of dialog
+        if not self._admitted(source, req):
+            return
+        if method == "INVITE":
+            self._spawn(self._on_invite(req, source))
+        elif method == "OPTIONS":
+            self._respond(req, source, 200, headers=self._capabilities())
+        elif method in ("BYE", "INFO", "NOTIFY"):
+            self._respond(req, source, 481)
+        elif method in KNOWN_METHODS:
+            self._respond(req, source, 405, headers=[("allow", ALLOW)])
+        else:
+            self._respond(req, source, 501)
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        return [("allow", ALLOW), ("accept", "application/sdp"), ("supported", "")]
+
+    def _invite_in_progress(self, req: SipMessage) -> bool:
+        call = self.calls.get(req.call_id)
+        return (
+            call is not None
+            and not call.answered
+            and req.branch == call.invite_branch
+            and tag(req.get("to")) is None
+        )
+
+    def _source_allowed(self, source: tuple[str, int]) -> bool:
+        try:
+            ip = ipaddress.ip_address(source[0])
+        except ValueError:
+            return False
+        return any(ip in net for net in self._allow)
+
+    def _locked_out(self, source: tuple[str, int]) -> bool:
+        fails = self._failures.get(source[0])
+        if not fails:
+            return False
+        while fails and fails[0] < time.monotonic() - 60:
+            fails.popleft()
+        return len(fails) >= self.config.max_auth_failures
+
+    def _failed(self, source: tuple[str, int]) -> None:
+        self._failures.setdefault(source[0], deque(maxlen=1000)).append(time.monotonic())
+        if len(self._failures) > 10_000:
+            self._failures.pop(next(iter(self._failures)))
+
+    def _admitted(self, source: tuple[str, int], req: SipMessage) -> bool:
+        """Allow-listed sources pass; others must authenticate (or are refused with 403)."""
+        if self._source_allowed(source):
+            return True
+        if self._auth is None:
+            logger.warning("SIP %s from %s refused: not on the allow-list", req.method, source[0])
+            self._respond(req, source, 403)
+            return False
+        if req.method == "OPTIONS":
+            return True
+        if self._locked_out(source):
+            self._respond(req, source, 403, "Too Many Failed Attempts")
+            return False
+        state = self._auth.check(req.method or "", req.get("authorization"))
+        if state == "ok":
+            return True
+        if state == "bad":
+            self._failed(source)
+            logger.warning("SIP %s from %s: digest authentication failed", req.method, source[0])
+        self._respond(
+            req, source, 401,
+            headers=[("www-authenticate", self._auth.challenge(stale=state == "stale"))],
+        )  # fmt: skip
+        self._responses.pop(self._tx_key(req), None)  # the retry is a new transaction
+        return False
+
+    async def _on_invite(self, req: SipMessage, source: tuple[str, int]) -> None:
+        self.stats["invites"] += 1
+        self._respond(req, source, 100)
+        require = req.get("require")
+        if require:
+            self._respond(req, source, 420, headers=[("unsupported", require)])
+            return
+        if self.draining:
+            self.stats["rejected"] += 1
+            self._respond(req, source, 503, headers=[("retry-after", "30")])
+            return
+        if len(self.calls) >= self.config.max_calls:
+            self.stats["rejected"] += 1
+            logger.warning("SIP call from %s refused: %d calls up", source[0], len(self.calls))
+            self._respond(req, source, 486)
+            return
+        if req.call_id in self.calls:
+            self._respond(req, source, 482, "Loop Detected")
+            return
+        neg: sdp.Negotiated | None = None
+        if req.body:
+            ctype = (req.get("content-type") or "").split(";")[0].strip().lower()
+            if ctype != "application/sdp":
+                self._respond(req, source, 415, headers=[("accept", "application/sdp")])
+                return
+            try:
+                neg = sdp.negotiate(sdp.parse(req.body), self.config.codecs)
+            except sdp.NoCommonCodec as e:
+                self._respond(req, source, 488, headers=[("warning", f'304 - "{e}"')])
+                return
+            except sdp.SdpError as e:
+                self._respond(req, source, 400, f"Bad SDP: {e}"[:60])
+                return
+        call = SipCall(self, req, source)
+        self.calls[req.call_id] = call
+        try:
+            await self._open_media(call, neg)
+        except OSError as e:
+            self.forget(call)
+            logger.error("no RTP port for a call: %s", e)
+            self._respond(req, source, 503, headers=[("retry-after", "5")])
+            return
+        contact = [("contact", self._contact())]
+        self._respond(req, source, 180, to_tag=call.local_tag, headers=contact)
+        self._responses.pop(self._tx_key(req), None)
+        if self.config.answer_delay > 0:
+            call.ringing_task = asyncio.current_task()
+            try:
+                await asyncio.sleep(self.config.answer_delay)
+            except asyncio.CancelledError:
+                return  # cancelled by the caller
+        if call.ended.is_set() or call.terminated:
+            return
+        assert call.sdp is not None and call.rtp is not None
+        body = (call.sdp.answer(neg) if neg else call.sdp.offer(self.config.codecs)).encode()
+        ok = self._respond(
+            req, source, 200, to_tag=call.local_tag,
+            headers=contact + self._capabilities()[:2] + [("content-type", "application/sdp")],
+            body=body,
+        )  # fmt: skip
+        call.answered = True
+        self.stats["answered"] += 1
+        self._retransmit_2xx(call, ok, self._reply_address(req.get("via"), source))
+        if neg is not None:
+            call.rtp.start()
+        logger.info("SIP call %s from %s answered (%s)", call.call_id, call.caller, source[0])
+        call.watch_task = asyncio.create_task(self._watch_media(call))
+        try:
+            await self._on_call(call)
+        finally:
+            await call.close()
+
+    async def _open_media(self, call: SipCall, neg: sdp.Negotiated | None) -> None:
+        loop = asyncio.get_running_loop()
+        low, high = self.config.rtp_ports
+        rtp = RtpSession(
+            output=call.audio_output,
+            on_audio=call.receive_audio,
+            on_dtmf=call.dtmf_received,
+            jitter_depth=self.config.jitter_packets,
+            symmetric=self.config.symmetric_rtp,
+        )
+        host = self.address[0]
+        last: OSError | None = None
+        for _ in range(50):
+            port = secrets.randbelow((high - low) // 2 + 1) * 2 + low  # even ports for RTP
+            try:
+                await loop.create_datagram_endpoint(lambda: rtp, local_addr=(host, port))
+                break
+            except OSError as e:
+                last = e
+        else:
+            raise last or OSError("no free RTP port")
+        if neg is not None:
+            self._apply(rtp, neg)
+        call.rtp = rtp
+        call.sdp = sdp.SessionWriter(self._media_address(), port, self.config.user_agent)
+
+    def _apply(self, rtp: RtpSession, neg: sdp.Negotiated) -> None:
+        rtp.codecs, rtp.send_pt, rtp.dtmf_pt = dict(neg.codecs), neg.send_pt, neg.dtmf_pt
+        held = neg.remote[0] in ("0.0.0.0", "::") or neg.direction in ("recvonly", "inactive")
+        rtp.sending = not held
+        if not held and not (self.config.symmetric_rtp and rtp.received):
+            rtp.remote = neg.remote
+
+    def _media_address(self) -> str:
+        if self.config.public_address:
+            return self.config.public_address
+        host = self.address[0]
+        if host in ("0.0.0.0", "::"):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with contextlib.suppress(OSError), probe as s:
+                s.connect(("192.0.2.1", 9))  # no packet is sent; picks the outward address
+                return str(s.getsockname()[0])
+            return "127.0.0.1"
+        return host
+
+    def _contact(self) -> str:
+        host = self._media_address()
+        host = f"[{host}]" if ":" in host else host
+        return f"<sip:agent@{host}:{self.address[1]}>"
+
+    def _retransmit_2xx(self, call: SipCall, data: bytes, dest: tuple[str, int]) -> None:
+        async def loop() -> None:
+            interval, waited = T1, 0.0
+            while waited < TIMER_B:
+                await asyncio.sleep(interval)
+                waited += interval
+                if call.confirmed or call.ended.is_set():
+                    return
+                self._send_raw(data, dest)
+                interval = min(interval * 2, T2)
+            logger.warning("SIP call %s: no ACK for our 200 OK; hanging up", call.call_id)
+            await call.hangup("no_ack")
+
+        self._retransmits[call.sip_call_id] = self._spawn(loop())
+
+    async def _watch_media(self, call: SipCall) -> None:
+        """End a call whose caller stopped sending RTP (a dead phone never sends BYE)."""
+        timeout = self.config.rtp_timeout
+        while not call.ended.is_set() and timeout > 0:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            rtp = call.rtp
+            if rtp is not None and rtp.sending and time.monotonic() - rtp.last_received > timeout:
+                logger.warning("SIP call %s: no RTP for %.0f s; hanging up", call.call_id, timeout)
+                await call.hangup("rtp_timeout")
+
+    def _on_ack(self, req: SipMessage, call: SipCall | None) -> None:
+        if call is None:
+            return  # ACK for a non-2xx final: the transaction cache already stopped
+        call.confirmed = True
+        task = self._retransmits.pop(call.sip_call_id, None)
+        if task is not None:
+            task.cancel()
+        if not call.offer_in_invite and req.body and call.rtp is not None:
+            try:
+                neg = sdp.accept_answer(sdp.parse(req.body), self.config.codecs)
+            except sdp.SdpError as e:
+                logger.warning("SIP call %s: unusable SDP answer in ACK (%s)", call.call_id, e)
+                self._spawn(call.hangup("bad_sdp"))
+                return
+            self._apply(call.rtp, neg)
+            call.offer_in_invite = True
+            call.rtp.start()
+
+    def _on_cancel(self, req: SipMessage, source: tuple[str, int]) -> None:
+        call = self.calls.get(req.call_id)
+        if call is None or req.branch != call.invite_branch:
+            self._respond(req, source, 481)
+            return
+        self._respond(req, source, 200)
+        if not call.answered:
+            call.terminated = True
+            self._respond(call.invite, call.source, 487, to_tag=call.local_tag)
+            call.mark_ended("caller_cancel")
+            if call.ringing_task is not None:
+                call.ringing_task.cancel()
+            self._spawn(call.close())
+
+    def _in_dialog(self, req: SipMessage, source: tuple[str, int], call: SipCall) -> None:
+        method = req.method
+        cseq = req.cseq[0]
+        if method != "ACK" and cseq < call.remote_cseq:
+            self._respond(req, source, 500, "CSeq Out of Order")
+            return
+        call.remote_cseq = max(call.remote_cseq, cseq)
+        if method == "BYE":
+            self._respond(req, source, 200)
+            call.terminated = True
+            call.mark_ended("caller_hangup")
+        elif method == "INVITE":
+            self._reinvite(req, source, call)
+        elif method == "OPTIONS":
+            self._respond(req, source, 200, headers=self._capabilities())
+        elif method == "INFO":
+            self._respond(req, source, 200)
+            ctype = (req.get("content-type") or "").lower()
+            if "dtmf-relay" in ctype or "dtmf" in ctype:
+                for line in req.body.decode("utf-8", "replace").splitlines():
+                    key, _, value = line.partition("=")
+                    digit = value.strip()
+                    if key.strip().lower() in ("signal", "") and len(digit) == 1:
+                        if digit in "0123456789*#ABCD":
+                            call.dtmf_received(digit)
+        elif method == "NOTIFY":
+            self._respond(req, source, 200)
+            text = req.body.decode("utf-8", "replace").strip()
+            if text.startswith("SIP/2.0 ") and call.notify_waiter is not None:
+                code = text.split(" ", 2)[1]
+                if code.isdigit() and int(code) >= 200 and not call.notify_waiter.done():
+                    call.notify_waiter.set_result(int(code))
+        elif method in KNOWN_METHODS:
+            self._respond(req, source, 405, headers=[("allow", ALLOW)])
+        else:
+            self._respond(req, source, 501)
+
+    def _reinvite(self, req: SipMessage, source: tuple[str, int], call: SipCall) -> None:
+        """Keep-alive, hold/unhold or a new media address; the answer keeps our codecs."""
+        assert call.sdp is not None and call.rtp is not None
+        if req.body:
+            try:
+                neg = sdp.negotiate(sdp.parse(req.body), self.config.codecs)
+            except sdp.NoCommonCodec as e:
+                self._respond(req, source, 488, headers=[("warning", f'304 - "{e}"')])
+                return
+            except sdp.SdpError as e:
+                self._respond(req, source, 400, f"Bad SDP: {e}"[:60])
+                return
+            self._apply(call.rtp, neg)
+            body = call.sdp.answer(neg)
+        else:
+            body = call.sdp.offer(self.config.codecs)
+        self._respond(
+            req, source, 200, to_tag=call.local_tag,
+            headers=[("contact", self._contact()), ("content-type", "application/sdp")],
+            body=body.encode(),
+        )  # fmt: skip
+
+    # -- requests we send ------------------------------------------------------------------
+
+    async def send_in_dialog(
+        self, call: SipCall, method: str, headers: list[tuple[str, str]] | None = None
+    ) -> SipMessage | None:
+        """Send BYE/REFER in the call's dialog and wait for the final response."""
+        call.local_cseq += 1
+        branch = new_branch()
+        port = self.address[1]
+        via_host = self._media_address()
+        target = call.route_set[0] if call.route_set else call.remote_target
+        routes = [("route", r) for r in call.route_set]
+        msg = SipMessage(
+            method=method,
+            uri=call.remote_target,
+            headers=[
+                ("via", f"SIP/2.0/UDP {via_host}:{port};branch={branch};rport"),
+                ("max-forwards", "70"),
+                ("from", call.local_to),
+                ("to", call.remote_from),
+                ("call-id", call.sip_call_id),
+                ("cseq", f"{call.local_cseq} {method}"),
+                ("contact", self._contact()),
+                ("user-agent", self.config.user_agent),
+                *routes,
+                *(headers or []),
+            ],
+        )
+        try:
+            dest_host, dest_port = uri_host_port(uri_of(target))
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                dest_host, dest_port, type=socket.SOCK_DGRAM
+            )
+            dest = infos[0][4][:2]
+        except (OSError, ValueError):
+            dest = call.source
+        fut: asyncio.Future[SipMessage | None] = asyncio.get_running_loop().create_future()
+        tx = _ClientTx(msg.to_bytes(), (str(dest[0]), int(dest[1])), fut)
+        self._client[branch] = tx
+        tx.task = asyncio.create_task(self._client_retransmit(branch, tx))
+        try:
+            return await fut
+        finally:
+            self._client.pop(branch, None)
+            tx.task.cancel()
+
+    async def _client_retransmit(self, branch: str, tx: _ClientTx) -> None:
+        interval, waited = T1, 0.0
+        self._send_raw(tx.data, tx.dest)
+        while waited < TIMER_B and not tx.future.done():
+            await asyncio.sleep(interval)
+            waited += interval
+            if not tx.future.done():
+                self._send_raw(tx.data, tx.dest)
+            interval = min(interval * 2, T2)
+        if not tx.future.done():
+            tx.future.set_result(None)
+
+    def _on_response(self, resp: SipMessage) -> None:
+        tx = self._client.get(resp.branch)
+        if tx is None or resp.status is None or resp.status < 200 or tx.future.done():
+            return
+        tx.future.set_result(resp)

@@ -1,0 +1,218 @@
+"""Helpers for tests and benchmarks that call the worker with real SIP peers (SIPp, baresip):
+a pcap writer for caller audio, SIPp scenario files, and a raw UDP SIP client."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from telephony import g711
+from worker.audio import read_wav, resample
+
+DTMF_PCAPS = Path("/usr/share/sip-tester")
+"""SIPp's RFC 2833 digit recordings (Debian sip-tester), payload type 101."""
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_rtp_pcap(
+    path: Path, pcm8k: np.ndarray, *, law: str = "ulaw", pt: int = 0, lead_silence: float = 0.0
+) -> Path:
+    """Caller audio as a pcap of 20 ms G.711 RTP packets, the form SIPp's play_pcap_audio reads.
+
+    IP addresses and ports in the capture do not matter: SIPp rewrites them.
+    """
+    pcm = np.concatenate([np.zeros(int(lead_silence * 8000), np.int16), pcm8k.astype(np.int16)])
+    pcm = np.concatenate([pcm, np.zeros((-pcm.size) % 160, np.int16)])
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    seq, ts, ssrc = 1000, 16000, 0x1234ABCD
+    t0 = 1_700_000_000.0
+    for i in range(pcm.size // 160):
+        payload = g711.encode(pcm[i * 160 : (i + 1) * 160], law)
+        rtp = struct.pack("!BBHII", 0x80, (0x80 if i == 0 else 0) | pt, seq, ts, ssrc) + payload
+        udp = struct.pack("!HHHH", 40000, 40002, 8 + len(rtp), 0) + rtp
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
+            socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"),
+        ) + udp  # fmt: skip
+        frame = b"\x00" * 12 + b"\x08\x00" + ip
+        t = t0 + i * 0.02
+        out.append(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)))
+        out.append(frame)
+        seq, ts = (seq + 1) & 0xFFFF, ts + 160
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def wav_to_pcap(wav: Path, pcap: Path, **kw: object) -> float:
+    """Convert a WAV to an RTP pcap; returns the audio's duration in seconds."""
+    pcm, rate = read_wav(wav)
+    pcm8 = resample(pcm, rate, 8000)
+    write_rtp_pcap(pcap, pcm8, **kw)  # type: ignore[arg-type]
+    return pcm8.size / 8000
+
+
+_HEADERS = """\
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag[call_number]
+      Call-ID: [call_id]
+      Max-Forwards: 70
+      Contact: <sip:{caller}@[local_ip]:[local_port]>"""
+
+
+def caller_scenario(steps: list[tuple[str, object]], *, caller: str = "15551234567") -> str:
+    """A SIPp UAC scenario: INVITE with PCMU/PCMA/telephone-event, ACK, then ``steps``
+    (("pause", ms) | ("play", pcap path)), then BYE and its 200."""
+    h = _HEADERS.format(caller=caller)
+    body = []
+    for kind, arg in steps:
+        if kind == "pause":
+            body.append(f'  <pause milliseconds="{int(arg)}"/>')  # type: ignore[call-overload]
+        elif kind == "play":
+            body.append(f'  <nop><action><exec play_pcap_audio="{arg}"/></action></nop>')
+        else:
+            raise ValueError(kind)
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="voice-worker caller">
+  <send retrans="500"><![CDATA[
+      INVITE sip:agent@[remote_ip]:[remote_port] SIP/2.0
+{h}
+      To: <sip:agent@[remote_ip]:[remote_port]>
+      CSeq: 1 INVITE
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=caller 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0 8 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:8 PCMA/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-15
+      a=ptime:20
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rtd="true"/>
+  <send><![CDATA[
+      ACK sip:agent@[remote_ip]:[remote_port] SIP/2.0
+{h}
+      To: <sip:agent@[remote_ip]:[remote_port]>[peer_tag_param]
+      CSeq: 1 ACK
+      Content-Length: 0
+  ]]></send>
+{chr(10).join(body)}
+  <send retrans="500"><![CDATA[
+      BYE sip:agent@[remote_ip]:[remote_port] SIP/2.0
+{h}
+      To: <sip:agent@[remote_ip]:[remote_port]>[peer_tag_param]
+      CSeq: 2 BYE
+      Content-Length: 0
+  ]]></send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"""
+
+
+@dataclass
+class SippRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    errors: str
+
+
+def run_sipp(
+    scenario: str,
+    target: tuple[str, int],
+    workdir: Path,
+    *,
+    calls: int = 1,
+    rate: int = 1,
+    timeout: float = 120,
+) -> SippRun:
+    """Run SIPp (``sipp``, Debian sip-tester) against ``target``; all calls must succeed."""
+    exe = shutil.which("sipp")
+    if exe is None:
+        raise RuntimeError("sipp is needed (apt-get install sip-tester)")
+    xml = workdir / f"scenario-{time.monotonic_ns()}.xml"
+    xml.write_text(scenario)
+    cmd = [
+        exe, "-sf", str(xml), "-m", str(calls), "-l", str(calls), "-r", str(rate),
+        "-i", "127.0.0.1", "-p", str(free_udp_port()),
+        "-mi", "127.0.0.1", "-mp", str(free_udp_port() & ~1 or 16000),
+        "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin", "-trace_err",
+        "-error_file", str(workdir / "sipp-errors.log"),
+        f"{target[0]}:{target[1]}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout + 30)
+    err_file = workdir / "sipp-errors.log"
+    errors = err_file.read_text(errors="replace") if err_file.exists() else ""
+    return SippRun(proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:], errors[-4000:])
+
+
+class RawSip:
+    """A bare UDP socket for sending hand-made (and broken) SIP messages."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5)
+        self.port = int(self.sock.getsockname()[1])
+
+    def send(self, data: bytes | str, target: tuple[str, int]) -> None:
+        self.sock.sendto(data.encode() if isinstance(data, str) else data, target)
+
+    def recv_status(self, skip_provisional: bool = True) -> tuple[int, str]:
+        """The next final response's status code and full text."""
+        while True:
+            data, _ = self.sock.recvfrom(65535)
+            text = data.decode(errors="replace")
+            first = text.split("\r\n", 1)[0].split(" ")
+            code = int(first[1])
+            if code >= 200 or not skip_provisional:
+                return code, text
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def invite(
+    target: tuple[str, int],
+    local_port: int,
+    *,
+    call_id: str,
+    sdp: str | None = None,
+    extra: str = "",
+    branch: str = "z9hG4bK-test1",
+) -> str:
+    """A minimal INVITE from 127.0.0.1:``local_port``."""
+    body = sdp or (
+        "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        "m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\n"
+    )
+    host, port = target
+    return (
+        f"INVITE sip:agent@{host}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch={branch};rport\r\n"
+        f"From: <sip:tester@127.0.0.1:{local_port}>;tag=t1\r\n"
+        f"To: <sip:agent@{host}:{port}>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        f"Contact: <sip:tester@127.0.0.1:{local_port}>\r\n{extra}"
+        f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    )
