@@ -1,6 +1,9 @@
 """RTP (RFC 3550) for one G.711 call leg: packets, a reordering jitter buffer, RFC 4733 DTMF,
 and a session that sends 20 ms frames at real-time pace.
 
+Caller audio keeps a real-time clock: when the phone stops sending (silence suppression or
+comfort noise), silence frames are fed in its place so end-of-speech is still detected.
+
 The jitter buffer is event-driven: packets are released in sequence order as soon as the next
 one is present; a gap is given up on (and filled with silence, so the VAD keeps its clock)
 once ``depth`` later packets have arrived. Late and duplicate packets are dropped.
@@ -209,7 +212,10 @@ class RtpSession(asyncio.DatagramProtocol):
         self._sender: asyncio.Task[None] | None = None
         self._dtmf_out: asyncio.Queue[str] = asyncio.Queue()
         self.last_received = time.monotonic()
+        self._last_audio = self.last_received
+        self._fill_after = 0.02 * (jitter_depth + 2)
         self.received = 0
+        self.filled = 0
         self.sent = 0
         self.bad = 0
 
@@ -237,6 +243,7 @@ class RtpSession(asyncio.DatagramProtocol):
         if law is None:
             self.bad += 1  # comfort noise or a format we did not agree
             return
+        self._last_audio = self.last_received
         for payload in self._jitter.push(pkt):
             if payload is None:
                 self._on_audio(np.zeros(FRAME, dtype=np.int16))
@@ -284,6 +291,11 @@ class RtpSession(asyncio.DatagramProtocol):
         dtmf: tuple[int, int] | None = None  # (event, frames sent)
         while True:
             tick += 1
+            if time.monotonic() - self._last_audio > self._fill_after:
+                # the caller's phone stopped sending (silence suppression, comfort noise, a
+                # lost stream): keep the caller's clock running so the VAD sees the silence
+                self.filled += 1
+                self._on_audio(np.zeros(FRAME, dtype=np.int16))
             if dtmf is None and not self._dtmf_out.empty() and self.dtmf_pt is not None:
                 dtmf = (DTMF_EVENTS.index(self._dtmf_out.get_nowait()), 0)
             if dtmf is not None and self.dtmf_pt is not None:

@@ -186,11 +186,11 @@ class SipCall(Call):
         self.audio_input.push(rtc.AudioFrame(pcm.tobytes(), RATE, 1, pcm.size))
 
     async def hangup(self, reason: str = "agent_hangup") -> None:
-        """Send BYE (the agent's hang-up tool ends here) and end the call."""
+        """End the call and send BYE (the agent's hang-up tool ends here)."""
+        self.mark_ended(reason)
         if self.answered and not self.terminated:
             self.terminated = True
             await self.server.send_in_dialog(self, "BYE")
-        self.mark_ended(reason)
 
     async def transfer(self, target: str) -> None:
         """Cold transfer: REFER the caller to ``target``; on acceptance we leave the call."""
@@ -283,13 +283,16 @@ class SipServer(asyncio.DatagramProtocol):
     async def stop(self, reason: str = "worker_shutdown") -> None:
         """Hang up every call (BYE), then close the socket."""
         self.draining = True
-        for call in list(self.calls.values()):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(call.hangup(reason), 2)
+        byes = [asyncio.ensure_future(call.hangup(reason)) for call in list(self.calls.values())]
+        if byes:
+            await asyncio.wait(byes, timeout=2)  # BYEs answered, or given up on
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
-        for task in self._retransmits.values():
+        for task in [*byes, *self._retransmits.values(), *self._tasks]:
             task.cancel()
+        for tx in list(self._client.values()):
+            if not tx.future.done():
+                tx.future.set_result(None)
         if self.transport is not None:
             self.transport.close()
 
