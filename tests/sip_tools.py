@@ -71,10 +71,41 @@ _HEADERS = """\
       Contact: <sip:{caller}@[local_ip]:[local_port]>"""
 
 
-def caller_scenario(steps: list[tuple[str, object]], *, caller: str = "15551234567") -> str:
+_CALLER_BYE = """\
+  <send retrans="500"><![CDATA[
+      BYE sip:agent@[remote_ip]:[remote_port] SIP/2.0
+{h}
+      To: <sip:agent@[remote_ip]:[remote_port]>[peer_tag_param]
+      CSeq: 2 BYE
+      Content-Length: 0
+  ]]></send>
+  <recv response="200" crlf="true"/>"""
+
+_AGENT_BYE = """\
+  <recv request="BYE" timeout="{timeout}"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+  ]]></send>"""
+
+
+def caller_scenario(
+    steps: list[tuple[str, object]],
+    *,
+    caller: str = "15551234567",
+    hangup: str = "caller",
+    bye_timeout_ms: int = 30000,
+) -> str:
     """A SIPp UAC scenario: INVITE with PCMU/PCMA/telephone-event, ACK, then ``steps``
-    (("pause", ms) | ("play", pcap path)), then BYE and its 200."""
+    (("pause", ms) | ("play", pcap path)), then either the caller's BYE (``hangup="caller"``)
+    or waiting for the agent's BYE and answering it (``hangup="agent"``)."""
     h = _HEADERS.format(caller=caller)
+    ending = (_CALLER_BYE if hangup == "caller" else _AGENT_BYE).format(h=h, timeout=bye_timeout_ms)
     body = []
     for kind, arg in steps:
         if kind == "pause":
@@ -116,14 +147,7 @@ def caller_scenario(steps: list[tuple[str, object]], *, caller: str = "155512345
       Content-Length: 0
   ]]></send>
 {chr(10).join(body)}
-  <send retrans="500"><![CDATA[
-      BYE sip:agent@[remote_ip]:[remote_port] SIP/2.0
-{h}
-      To: <sip:agent@[remote_ip]:[remote_port]>[peer_tag_param]
-      CSeq: 2 BYE
-      Content-Length: 0
-  ]]></send>
-  <recv response="200" crlf="true"/>
+{ending}
 </scenario>
 """
 

@@ -7,6 +7,7 @@ from the pcaps it ships; baresip (Debian baresip-core) dials in and records what
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -179,3 +180,73 @@ async def test_ten_concurrent_calls_and_the_eleventh_is_busy(
     assert all(c[-1]["type"] == "call_end" and c[-1]["reason"] == "caller_hangup" for c in calls)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+async def _tool_calling_llm(requests: list[dict[str, Any]]) -> tuple[Any, str]:
+    """An OpenAI-compatible endpoint whose model ends the call when asked anything.
+
+    A stand-in for a tool-capable model behind vLLM: the offline SmolLM2 does not call tools,
+    so the scripted reply is what exercises the tool path end to end.
+    """
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        requests.append(body)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        names = [t["function"]["name"] for t in body.get("tools", [])]
+        if "end_call" in names and body["messages"][-1]["role"] == "user":
+            delta = {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "end_call", "arguments": "{}"},
+                    }
+                ]
+            }
+            finish = "tool_calls"
+        else:
+            delta, finish = {"content": "Okay."}, "stop"
+        for chunk in (
+            {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
+        ):  # fmt: skip
+            await resp.write(f"data: {json.dumps({'id': 'x', **chunk})}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_udp_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}/v1"
+
+
+async def test_agent_end_call_tool_says_goodbye_and_sends_bye(
+    settings: Settings, espeak: Any, tmp_path: Path
+) -> None:
+    requests: list[dict[str, Any]] = []
+    runner, url = await _tool_calling_llm(requests)
+    settings.llm.base_url = url
+    local, server, models = await _serve(settings)
+    wav_to_pcap(espeak("Thank you, that is all. Goodbye."), tmp_path / "bye.pcap")
+    scenario = caller_scenario(
+        [("pause", 4000), ("play", tmp_path / "bye.pcap")], hangup="agent", bye_timeout_ms=25000
+    )
+    try:
+        run = await asyncio.to_thread(run_sipp, scenario, server.address, tmp_path, timeout=60)
+        await asyncio.sleep(0.5)
+    finally:
+        await _shutdown(local, server, models)
+        await runner.cleanup()
+    assert run.returncode == 0, (run.stdout, run.errors)
+    assert any("end_call" in json.dumps(r.get("tools", [])) for r in requests)
+    (recs,) = _records(settings)
+    agent_turns = [r["text"] for r in recs if r.get("role") == "agent"]
+    assert settings.agent.goodbye in agent_turns, agent_turns
+    assert recs[-1]["type"] == "call_end" and recs[-1]["reason"] == "agent_hangup"

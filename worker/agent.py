@@ -16,9 +16,11 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import Agent, APIError, llm, stt
+from livekit.agents import Agent, APIError, RunContext, function_tool, llm, stt
 from livekit.agents.types import FlushSentinel
 from livekit.agents.voice.agent import ModelSettings
+
+from telephony.call import Call
 
 from .settings import AgentSettings
 from .turns import BackchannelPolicy, SpeculationTracker
@@ -43,13 +45,67 @@ class VoiceAgent(Agent):
         *,
         backchannels: BackchannelPolicy | None = None,
         speculation: SpeculationTracker | None = None,
+        call: Call | None = None,
+        transfer_target: str | None = None,
     ) -> None:
-        super().__init__(instructions=settings.instructions)
+        tools = []
+        if call is not None:
+            tools.append(self._end_call_tool())
+            if transfer_target:
+                tools.append(self._transfer_tool())
+        super().__init__(instructions=settings.instructions, tools=tools)
         self._settings = settings
+        self._call = call
+        self._transfer_target = transfer_target
         self._backchannels = backchannels
         self._speculation = speculation
         self.llm_failures = 0
         self.on_backchannel: Callable[[str], None] | None = None
+
+    # -- call control the LLM (or code) can use ----------------------------------------------
+
+    async def end_call(self) -> None:
+        """Say goodbye, let it play out, then hang up (a SIP call gets a BYE)."""
+        if self._call is None:
+            return
+        if self._settings.goodbye:
+            handle = self.session.say(self._settings.goodbye, allow_interruptions=False)
+            await handle.wait_for_playout()
+        logger.info("agent ends the call")
+        await self._call.hangup("agent_hangup")
+
+    async def transfer(self, target: str | None = None) -> str:
+        """Cold-transfer the caller; returns what to tell the LLM if it did not work."""
+        target = target or self._transfer_target
+        if self._call is None or not target:
+            return "No transfer destination is configured; tell the caller you cannot transfer."
+        if self._settings.transfer_notice:
+            handle = self.session.say(self._settings.transfer_notice, allow_interruptions=False)
+            await handle.wait_for_playout()
+        try:
+            await self._call.transfer(target)
+        except Exception as e:  # any transport failure is the caller's bad news, not a crash
+            logger.warning("transfer to %s failed: %s", target, e)
+            return "The transfer failed; apologise and offer to help another way."
+        return "The caller was transferred."
+
+    def _end_call_tool(self) -> Any:
+        async def end_call(context: RunContext) -> None:
+            """End the phone call. Use it when the caller says goodbye or asks to hang up."""
+            context.disallow_interruptions()
+            await context.wait_for_playout()
+            await self.end_call()
+
+        return function_tool(end_call)
+
+    def _transfer_tool(self) -> Any:
+        async def transfer_to_human(context: RunContext) -> str:
+            """Transfer the caller to a human colleague. Use it when the caller asks for a
+            person or you cannot help."""
+            await context.wait_for_playout()
+            return await self.transfer()
+
+        return function_tool(transfer_to_human)
 
     async def on_enter(self) -> None:
         if self._settings.greeting:

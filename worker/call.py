@@ -116,6 +116,8 @@ async def run_call(
         settings.agent,
         backchannels=BackchannelPolicy(settings.turn.backchannels) if ours else None,
         speculation=speculation,
+        call=call,
+        transfer_target=settings.sip.transfer_target if call.transport == "sip" else None,
     )
     agent.on_backchannel = observer.backchannel_heard
     try:

@@ -54,6 +54,14 @@ class AgentSettings(BaseModel):
         "Sorry, I'm having trouble thinking right now. Could you say that again?",
         description="Spoken when the LLM fails, so the caller never hears silence.",
     )
+    goodbye: str = Field(
+        "Thank you for calling. Goodbye!",
+        description="Said before the agent hangs up (its end-call tool); empty to just hang up.",
+    )
+    transfer_notice: str = Field(
+        "Please hold while I transfer you.",
+        description="Said before a transfer to `sip.transfer_target`.",
+    )
 
 
 class STTSettings(BaseModel):
