@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 offline=0
 if [ "${1:-}" = "--offline" ]; then offline=1; shift; fi
 
-# System packages the tests use: espeak-ng and sox make caller audio, Chromium is the browser.
+# System packages the tests use: espeak-ng and sox make caller audio, Chromium is the browser,
+# SIPp (sip-tester) and baresip are the SIP peers.
 need=()
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)

@@ -381,6 +381,8 @@ class SipServer(asyncio.DatagramProtocol):
             self._responses[self._tx_key(req)] = (data, dest, time.monotonic())
             if len(self._responses) > 2048:
                 self._expire_responses()
+            while len(self._responses) > 4096:  # a flood: forget the oldest answers first
+                self._responses.pop(next(iter(self._responses)))
         return data
 
     def _tx_key(self, req: SipMessage) -> tuple[str, str, str]:

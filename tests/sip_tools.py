@@ -240,3 +240,114 @@ def invite(
         f"Contact: <sip:tester@127.0.0.1:{local_port}>\r\n{extra}"
         f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
     )
+
+
+class SipCaller:
+    """A scripted phone in Python: INVITE/ACK/BYE over UDP and mu-law RTP both ways, hearing
+    the agent with a simple energy detector. Used by the SIP latency benchmark, where the
+    caller must see when the agent's voice arrives; SIPp cannot report that."""
+
+    VOICED_RMS = 300.0
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.sip = RawSip()
+        self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rtp.bind(("127.0.0.1", 0))
+        self.rtp.setblocking(False)
+        self.rtp_port = int(self.rtp.getsockname()[1])
+        self.remote_media: tuple[str, int] | None = None
+        self.call_id = f"bench-{time.monotonic_ns()}"
+        self.to_header = ""
+        self.heard: list[np.ndarray] = []
+        self.voiced_at: list[float] = []
+        """Wall-clock arrival time of each voiced 20 ms frame from the agent."""
+        self._seq = 1
+        self._ts = 0
+
+    def dial(self) -> None:
+        offer = (
+            "v=0\r\no=bench 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {self.rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+            "a=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n"
+        )
+        msg = invite(self.target, self.sip.port, call_id=self.call_id, sdp=offer)
+        self.sip.send(msg, self.target)
+        code, text = self.sip.recv_status()
+        if code != 200:
+            raise RuntimeError(f"call refused: {code}")
+        fields = dict(
+            (k.strip().lower(), v.strip())
+            for k, _, v in (ln.partition(":") for ln in text.split("\r\n\r\n")[0].split("\r\n"))
+        )
+        self.to_header = fields["to"]
+        body = text.split("\r\n\r\n", 1)[1]
+        addr = next(ln.split()[2] for ln in body.split("\r\n") if ln.startswith("c="))
+        port = next(int(ln.split()[1]) for ln in body.split("\r\n") if ln.startswith("m=audio"))
+        self.remote_media = (addr, port)
+        self.sip.send(self._request("ACK", 1), self.target)
+
+    def _request(self, method: str, cseq: int) -> str:
+        host, port = self.target
+        return (
+            f"{method} sip:agent@{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.sip.port};branch=z9hG4bK{method}{cseq};rport\r\n"
+            f"From: <sip:tester@127.0.0.1:{self.sip.port}>;tag=t1\r\nTo: {self.to_header}\r\n"
+            f"Call-ID: {self.call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+
+    def hang_up(self) -> int:
+        self.sip.send(self._request("BYE", 2), self.target)
+        code, _ = self.sip.recv_status()
+        return code
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = self.rtp.recv(2048)
+            except BlockingIOError:
+                return
+            if len(data) <= 12 or data[1] & 0x7F != 0:
+                continue
+            pcm = g711.decode(data[12:], "ulaw")
+            self.heard.append(pcm)
+            if float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > self.VOICED_RMS:
+                self.voiced_at.append(time.time())
+
+    async def stream(self, pcm8k: np.ndarray) -> float:
+        """Send audio at real-time pace (silence included); returns when the last frame left."""
+        assert self.remote_media is not None
+        pcm = np.concatenate([pcm8k, np.zeros((-pcm8k.size) % 160, np.int16)]).astype(np.int16)
+        start = time.monotonic()
+        for i in range(pcm.size // 160):
+            payload = g711.encode(pcm[i * 160 : (i + 1) * 160], "ulaw")
+            head = struct.pack("!BBHII", 0x80, 0, self._seq & 0xFFFF, self._ts, 0x5EED)
+            self.rtp.sendto(head + payload, self.remote_media)
+            self._seq += 1
+            self._ts = (self._ts + 160) & 0xFFFFFFFF
+            self._drain()
+            await _sleep_until(start + (i + 1) * 0.02)
+        return time.time()
+
+    async def silence(self, seconds: float) -> None:
+        await self.stream(np.zeros(int(seconds * 8000), np.int16))
+
+    async def wait_agent_quiet(self, quiet: float = 0.8, limit: float = 30.0) -> None:
+        """Stream silence until the agent has said something and then been quiet a while."""
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            await self.silence(0.1)
+            if self.voiced_at and time.time() - self.voiced_at[-1] > quiet:
+                return
+        raise TimeoutError("the agent never went quiet")
+
+    def close(self) -> None:
+        self.sip.close()
+        self.rtp.close()
+
+
+async def _sleep_until(deadline: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))

@@ -132,6 +132,8 @@ async def run_call(
     finally:
         with contextlib.suppress(Exception):
             await session.aclose()
+        with contextlib.suppress(Exception):
+            await sync.aclose()  # its segment tasks would otherwise outlive the call
         observer.detach()
         record.end(call.end_reason)
         call.mark_ended(call.end_reason)
