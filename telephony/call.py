@@ -7,7 +7,7 @@ session an audio input, an audio output and call control. It knows nothing about
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .audio_io import PacedAudioOutput, QueueAudioInput
 
@@ -26,6 +26,8 @@ class Call:
         self.end_reason = "hangup"
         self.on_dtmf: Callable[[str], None] | None = None
         self.on_event: Callable[[dict[str, object]], None] | None = None
+        self.record_fields: dict[str, object] = {}
+        """Transport details worth keeping in the call record's ``call_start``."""
 
     def mark_ended(self, reason: str) -> None:
         """The far end went away (or we hung up): stop the session."""
@@ -55,3 +57,39 @@ class Call:
 
     async def send_dtmf(self, digits: str) -> None:
         raise NotImplementedError(f"{self.transport} calls cannot send DTMF")
+
+    async def warm_transfer(self, target: str, brief: Callable[[], Awaitable[None]]) -> None:
+        """Bring ``target`` into the call, let ``brief`` speak to them, then leave the call."""
+        raise NotImplementedError(f"{self.transport} calls cannot be warm-transferred")
+
+
+class DigitCollector:
+    """IVR helper: collect ``count`` digits, or up to ``#``, with a timeout between digits."""
+
+    def __init__(self, count: int | None = None, *, terminator: str = "#") -> None:
+        self.count = count
+        self.terminator = terminator
+        self.digits = ""
+        self._changed = asyncio.Event()
+        self._done = False
+
+    def feed(self, digit: str) -> None:
+        if self._done:
+            return
+        if digit == self.terminator:
+            self._done = True
+        else:
+            self.digits += digit
+            self._done = self.count is not None and len(self.digits) >= self.count
+        self._changed.set()
+
+    async def collect(self, gap: float = 5.0) -> str:
+        """The digits entered; returns early on the count or the terminator, or when no digit
+        comes for ``gap`` seconds."""
+        while not self._done:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), gap)
+            except TimeoutError:
+                break
+        return self.digits

@@ -24,6 +24,7 @@ from worker.models import load_models
 from worker.settings import Settings
 
 from .conftest import word_error_rate
+from .fake_llm import tool_calling_llm
 from .sip_tools import (
     DTMF_PCAPS,
     RawSip,
@@ -182,56 +183,11 @@ async def test_ten_concurrent_calls_and_the_eleventh_is_busy(
     assert not errors, [r.getMessage() for r in errors]
 
 
-async def _tool_calling_llm(requests: list[dict[str, Any]]) -> tuple[Any, str]:
-    """An OpenAI-compatible endpoint whose model ends the call when asked anything.
-
-    A stand-in for a tool-capable model behind vLLM: the offline SmolLM2 does not call tools,
-    so the scripted reply is what exercises the tool path end to end.
-    """
-    from aiohttp import web
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        requests.append(body)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        names = [t["function"]["name"] for t in body.get("tools", [])]
-        if "end_call" in names and body["messages"][-1]["role"] == "user":
-            delta = {
-                "tool_calls": [
-                    {
-                        "index": 0,
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "end_call", "arguments": "{}"},
-                    }
-                ]
-            }
-            finish = "tool_calls"
-        else:
-            delta, finish = {"content": "Okay."}, "stop"
-        for chunk in (
-            {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
-            {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
-        ):  # fmt: skip
-            await resp.write(f"data: {json.dumps({'id': 'x', **chunk})}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_udp_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}/v1"
-
-
 async def test_agent_end_call_tool_says_goodbye_and_sends_bye(
     settings: Settings, espeak: Any, tmp_path: Path
 ) -> None:
     requests: list[dict[str, Any]] = []
-    runner, url = await _tool_calling_llm(requests)
+    runner, url = await tool_calling_llm(requests, {"": "end_call"})
     settings.llm.base_url = url
     local, server, models = await _serve(settings)
     wav_to_pcap(espeak("Thank you, that is all. Goodbye."), tmp_path / "bye.pcap")

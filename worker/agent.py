@@ -11,6 +11,7 @@ framework cuts the reply and keeps in the history only what the caller heard.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from typing import Any
@@ -20,7 +21,7 @@ from livekit.agents import Agent, APIError, RunContext, function_tool, llm, stt
 from livekit.agents.types import FlushSentinel
 from livekit.agents.voice.agent import ModelSettings
 
-from telephony.call import Call
+from telephony.call import Call, DigitCollector
 
 from .settings import AgentSettings
 from .turns import BackchannelPolicy, SpeculationTracker
@@ -47,16 +48,22 @@ class VoiceAgent(Agent):
         speculation: SpeculationTracker | None = None,
         call: Call | None = None,
         transfer_target: str | None = None,
+        warm_transfer: bool = False,
     ) -> None:
         tools = []
         if call is not None:
             tools.append(self._end_call_tool())
             if transfer_target:
                 tools.append(self._transfer_tool())
+                if warm_transfer:
+                    tools.append(self._warm_transfer_tool())
         super().__init__(instructions=settings.instructions, tools=tools)
         self._settings = settings
         self._call = call
         self._transfer_target = transfer_target
+        self._collector: DigitCollector | None = None
+        self._digits = ""
+        self._digit_timer: asyncio.TimerHandle | None = None
         self._backchannels = backchannels
         self._speculation = speculation
         self.llm_failures = 0
@@ -89,6 +96,73 @@ class VoiceAgent(Agent):
             return "The transfer failed; apologise and offer to help another way."
         return "The caller was transferred."
 
+    async def warm_transfer(self, target: str | None = None) -> str:
+        """Bring a colleague into the call, brief them on it, then leave them with the caller."""
+        target = target or self._transfer_target
+        if self._call is None or not target:
+            return "No transfer destination is configured; tell the caller you cannot transfer."
+        handle = self.session.say(self._settings.transfer_notice, allow_interruptions=False)
+        await handle.wait_for_playout()
+
+        async def brief() -> None:
+            said = [
+                m.text_content
+                for m in self.session.history.items
+                if isinstance(m, llm.ChatMessage) and m.role == "user" and m.text_content
+            ]
+            who = f" from {self._call.caller}" if self._call and self._call.caller else ""
+            text = f"Hi, this is the assistant. I have a caller{who} on the line."
+            if said:
+                text += f" They said: {said[-1]}"
+            text += " I'll hand over to you now."
+            await self.session.say(text, allow_interruptions=False).wait_for_playout()
+
+        try:
+            await self._call.warm_transfer(target, brief)
+        except Exception as e:  # the caller stays with the agent if the colleague never answers
+            logger.warning("warm transfer to %s failed: %s", target, e)
+            return "The colleague could not be reached; apologise and offer to help another way."
+        return "The caller is now talking to a colleague."
+
+    # -- key presses -------------------------------------------------------------------------
+
+    def dtmf(self, digit: str) -> None:
+        """A key press: to the IVR prompt if one is waiting, else into the conversation once
+        the caller stops pressing (``#`` ends the entry at once)."""
+        if self._collector is not None:
+            self._collector.feed(digit)
+            return
+        if self._digit_timer is not None:
+            self._digit_timer.cancel()
+            self._digit_timer = None
+        if digit != "#":
+            self._digits += digit
+            self._digit_timer = asyncio.get_running_loop().call_later(
+                self._settings.dtmf_gap, self._flush_digits
+            )
+        else:
+            self._flush_digits()
+
+    def _flush_digits(self) -> None:
+        digits, self._digits = self._digits, ""
+        self._digit_timer = None
+        if digits:
+            self.session.generate_reply(
+                user_input=f"[The caller pressed {' '.join(digits)} on the keypad]"
+            )
+
+    async def collect_digits(
+        self, count: int | None = None, prompt: str | None = None, gap: float = 5.0
+    ) -> str:
+        """IVR helper: optionally say ``prompt``, then collect ``count`` digits or up to ``#``."""
+        self._collector = DigitCollector(count)
+        try:
+            if prompt:
+                await self.session.say(prompt).wait_for_playout()
+            return await self._collector.collect(gap)
+        finally:
+            self._collector = None
+
     def _end_call_tool(self) -> Any:
         async def end_call(context: RunContext) -> None:
             """End the phone call. Use it when the caller says goodbye or asks to hang up."""
@@ -107,7 +181,24 @@ class VoiceAgent(Agent):
 
         return function_tool(transfer_to_human)
 
+    def _warm_transfer_tool(self) -> Any:
+        async def warm_transfer_to_human(context: RunContext) -> str:
+            """Bring a human colleague into the call and introduce the caller to them first.
+            Use it when the caller needs a person and should not have to repeat themselves."""
+            await context.wait_for_playout()
+            return await self.warm_transfer()
+
+        return function_tool(warm_transfer_to_human)
+
+    voicemail: str | None = None
+    """Set when an outbound call reached an answering machine: leave this and hang up."""
+
     async def on_enter(self) -> None:
+        if self.voicemail is not None:
+            await self.session.say(self.voicemail, allow_interruptions=False).wait_for_playout()
+            if self._call is not None:
+                await self._call.hangup("voicemail_left")
+            return
         if self._settings.greeting:
             self.session.say(self._settings.greeting, allow_interruptions=True)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from livekit.agents import AgentSession, llm
-from livekit.agents.voice import io
+from livekit import rtc
+from livekit.agents import NOT_GIVEN, AgentSession, llm
+from livekit.agents.voice import io, room_io
 from livekit.agents.voice.events import (
     AgentStateChangedEvent,
     CloseEvent,
@@ -82,24 +84,42 @@ async def run_call(
     *,
     profile: Profile = "web",
     turn_profile: TurnProfile | None = None,
+    room: rtc.Room | None = None,
+    participant_identity: str | None = None,
+    on_agent: Callable[[VoiceAgent], None] | None = None,
 ) -> CallResult:
-    """Hold the conversation until the call ends; every turn lands in the call record."""
+    """Hold the conversation until the call ends; every turn lands in the call record.
+
+    With ``room`` the session's audio is the framework's room I/O, subscribed to
+    ``participant_identity``; otherwise it is the transport's own audio input and output.
+    """
     settings = models.settings
     turn_profile = turn_profile or settings.turn.profile
     ours = turn_profile == "default"
     record = records.CallRecord(settings.calls_dir, call.call_id)
-    record.start(call.transport, caller=call.caller, turn_profile=turn_profile)
-    call.on_dtmf = record.dtmf
-    session = create_session(models, profile, turn_profile)
-    session.input.audio = call.audio_input
-    # the synchroniser tells the session how much of an interrupted reply was heard
-    sync = TranscriptSynchronizer(
-        next_in_chain_audio=call.audio_output, next_in_chain_text=_EventTextOutput(call)
+    record.start(
+        call.transport, caller=call.caller, turn_profile=turn_profile, **call.record_fields
     )
-    session.output.audio = sync.audio_output
-    session.output.transcription = sync.text_output
+
+    def on_dtmf(digit: str) -> None:
+        record.dtmf(digit)
+        agent.dtmf(digit)
+
+    call.on_dtmf = on_dtmf
+    session = create_session(models, profile, turn_profile)
+    sync: TranscriptSynchronizer | None = None
+    if room is None:
+        session.input.audio = call.audio_input
+        # the synchroniser tells the session how much of an interrupted reply was heard
+        sync = TranscriptSynchronizer(
+            next_in_chain_audio=call.audio_output, next_in_chain_text=_EventTextOutput(call)
+        )
+        session.output.audio = sync.audio_output
+        session.output.transcription = sync.text_output
     speculation = SpeculationTracker(cancel_on_speech_start=ours)
-    observer = CallObserver(record=record, output=call.audio_output, speculation=speculation)
+    observer = CallObserver(
+        record=record, output=call.audio_output if room is None else None, speculation=speculation
+    )
     observer.attach(session, call.transport)
     records.attach(record, session, annotate=observer.annotate)
     _forward_ui_events(call, session)
@@ -117,11 +137,25 @@ async def run_call(
         backchannels=BackchannelPolicy(settings.turn.backchannels) if ours else None,
         speculation=speculation,
         call=call,
-        transfer_target=settings.sip.transfer_target if call.transport == "sip" else None,
-    )
+        transfer_target=(
+            settings.sip.transfer_target if call.transport == "sip"
+            else settings.livekit.transfer_target if call.transport == "livekit-sip"
+            else None
+        ),
+        warm_transfer=call.transport == "livekit-sip" and settings.livekit.warm_transfer,
+    )  # fmt: skip
     agent.on_backchannel = observer.backchannel_heard
+    if on_agent is not None:
+        on_agent(agent)
     try:
-        await session.start(agent, record=False)
+        if room is None:
+            await session.start(agent, record=False)
+        else:
+            who = participant_identity or NOT_GIVEN
+            await session.start(
+                agent, room=room, record=False,
+                room_options=room_io.RoomOptions(participant_identity=who),
+            )  # fmt: skip
         speculation.attach(session)
         logger.info("call %s started (%s)", call.call_id, call.transport)
         ended = asyncio.ensure_future(call.ended.wait())
@@ -132,8 +166,9 @@ async def run_call(
     finally:
         with contextlib.suppress(Exception):
             await session.aclose()
-        with contextlib.suppress(Exception):
-            await sync.aclose()  # its segment tasks would otherwise outlive the call
+        if sync is not None:
+            with contextlib.suppress(Exception):
+                await sync.aclose()  # its segment tasks would otherwise outlive the call
         observer.detach()
         record.end(call.end_reason)
         call.mark_ended(call.end_reason)

@@ -58,6 +58,9 @@ class AgentSettings(BaseModel):
         "Thank you for calling. Goodbye!",
         description="Said before the agent hangs up (its end-call tool); empty to just hang up.",
     )
+    dtmf_gap: float = Field(
+        1.5, description="Seconds after the last key press before the digits reach the LLM."
+    )
     transfer_notice: str = Field(
         "Please hold while I transfer you.",
         description="Said before a transfer to `sip.transfer_target`.",
@@ -290,6 +293,33 @@ class LiveKitSettings(BaseModel):
     api_key: str | None = Field(None, description="LIVEKIT_API_KEY.")
     api_secret: SecretStr | None = Field(None, description="LIVEKIT_API_SECRET.")
     agent_name: str = Field("voice-agent", description="Name for explicit dispatch.")
+    outbound_trunk: str | None = Field(
+        None, description="LIVEKIT_OUTBOUND_TRUNK: outbound SIP trunk ID for placed calls."
+    )
+    transfer_target: str | None = Field(
+        None, description="Number or SIP URI the agent transfers phone callers to."
+    )
+    warm_transfer: bool = Field(
+        False, description="Offer the LLM a warm transfer (dial, brief, hand over) as well."
+    )
+    max_calls: int = Field(4, ge=1, description="Calls per worker; LiveKit stops sending more.")
+    public_url: str | None = Field(
+        None, description="The wss:// URL browsers use, if it differs from LIVEKIT_URL."
+    )
+    token_ttl: int = Field(
+        600, ge=30, le=86400, description="Seconds a web caller's access token is valid."
+    )
+    drain_timeout: int = Field(
+        300, ge=0, description="Seconds active calls may go on after SIGTERM."
+    )
+    greet_timeout: float = Field(
+        60.0, description="Seconds to wait for a phone caller's call to become active."
+    )
+    voicemail_message: str = Field(
+        "Hello, this is the voice assistant returning your call. Please call us back at your "
+        "convenience. Goodbye.",
+        description="Left on an answering machine when an outbound call reaches one.",
+    )
 
 
 class Settings(BaseSettings):
@@ -371,6 +401,7 @@ class _LiveKitEnvSource(PydanticBaseSettingsSource):
             "api_key": "LIVEKIT_API_KEY",
             "api_secret": "LIVEKIT_API_SECRET",
             "agent_name": "LIVEKIT_AGENT_NAME",
+            "outbound_trunk": "LIVEKIT_OUTBOUND_TRUNK",
         }
         found = {k: os.environ[v] for k, v in mapping.items() if os.environ.get(v)}
         return {"livekit": found} if found else {}

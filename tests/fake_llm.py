@@ -1,0 +1,56 @@
+"""An OpenAI-compatible chat endpoint (real HTTP, streamed SSE) whose "model" calls tools.
+
+A stand-in for a tool-capable model behind vLLM: the offline SmolLM2 does not call tools, so
+a scripted reply is what exercises the tool path end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from aiohttp import web
+
+
+async def tool_calling_llm(
+    requests: list[dict[str, Any]], rules: dict[str, str]
+) -> tuple[web.AppRunner, str]:
+    """Serve on 127.0.0.1; ``rules`` maps a substring of the last user message to the tool
+    to call ("" matches anything). Other requests get a one-word text reply."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        requests.append(body)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        names = {t["function"]["name"] for t in body.get("tools", [])}
+        last = body["messages"][-1]
+        text = str(last.get("content") or "") if last["role"] == "user" else None
+        tool = next(
+            (t for k, t in rules.items() if text is not None and k in text and t in names), None
+        )
+        if tool is not None:
+            call = {"index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": tool, "arguments": "{}"}}  # fmt: skip
+            delta: dict[str, Any] = {"tool_calls": [call]}
+            finish = "tool_calls"
+        else:
+            delta, finish = {"content": "Okay."}, "stop"
+        for chunk in (
+            {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
+        ):
+            await resp.write(f"data: {json.dumps({'id': 'x', **chunk})}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}/v1"
