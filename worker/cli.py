@@ -101,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     hp.add_argument("--json", type=Path, metavar="OUT.json", help="write the results as JSON")
     hp.add_argument("--save-audio", type=Path, metavar="DIR", help="write what the caller heard")
 
+    wb = sub.add_parser(
+        "web", parents=[common], help="serve the LiveKit web client and its token endpoint"
+    )
+    wb.add_argument(
+        "--http", type=_host_port, metavar="HOST:PORT",
+        help="address of the page (default 127.0.0.1:8080)",
+    )  # fmt: skip
     calls = sub.add_parser("calls", parents=[common], help="list recorded calls")
     calls.add_argument("--last", action="store_true", help="only the newest call")
     calls.add_argument("--json", action="store_true", help="print records as JSON")
@@ -443,6 +450,38 @@ def _summary_dict(s: records.CallSummary) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def cmd_web(settings: Settings, _args: argparse.Namespace) -> int:
+    lk = settings.livekit
+    if not (lk.url and lk.api_key and lk.api_secret):
+        raise CLIError("set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET for the web client")
+    if not (settings.models_dir / "web/livekit-client.umd.js").exists():
+        raise CLIError(
+            "the page needs the LiveKit browser SDK: "
+            "run `python -m worker download-files --with livekit-client`"
+        )
+    return asyncio.run(_serve_web(settings))
+
+
+async def _serve_web(settings: Settings) -> int:
+    from .web.server import WebClientServer
+
+    server = WebClientServer(settings)
+    try:
+        await server.start(settings.http.host, settings.http.port)
+    except OSError as e:
+        raise CLIError(f"cannot listen on {settings.http.host}:{settings.http.port}: {e}") from e
+    print(f"open http://{settings.http.host}:{settings.http.port}/ (Ctrl+C to stop)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
 _COMMANDS = {
     "dev": cmd_dev,
     "start": cmd_dev,
@@ -452,6 +491,7 @@ _COMMANDS = {
     "transcribe": cmd_transcribe,
     "say": cmd_say,
     "calls": cmd_calls,
+    "web": cmd_web,
     "harness": cmd_harness,
 }
 
