@@ -21,7 +21,7 @@ from livekit import api, rtc
 from telephony.livekit_call import LiveKitCall
 from worker import records
 from worker.audio import read_wav, resample
-from worker.livekit_worker import handle_participant
+from worker.livekit_worker import current_load, handle_participant
 from worker.models import load_models
 from worker.settings import Settings
 
@@ -219,12 +219,14 @@ async def test_outbound_call_to_a_person_gets_the_normal_greeting(
     pcm, rate = read_wav(espeak("Hello?"))
     phone.say(resample(pcm, rate, 16000))
     await _until(lambda: phone.voiced_at, 15)
+    settings: Settings = env["settings"]
+    assert current_load(settings) == 1 / settings.livekit.max_calls  # reported to LiveKit
     await _until(lambda: time.time() - phone.voiced_at[-1] > 0.8, 15)
     call.mark_ended("caller_hangup")
     result = await asyncio.wait_for(task, 20)
     assert result is not None
     recs = records.read_records(result.record.path)
     said = [r["text"] for r in recs if r.get("role") == "agent"]
-    settings: Settings = env["settings"]
     assert said[:1] == [settings.agent.greeting], said
+    assert current_load(settings) == 0
     assert not env["livekit"].calls("DeleteRoom")

@@ -191,6 +191,11 @@ def _outbound(metadata: str) -> bool:
     return False
 
 
+def current_load(settings: Settings) -> float:
+    """What the worker reports to LiveKit: 1.0 means full (no more jobs are sent)."""
+    return _active_calls / settings.livekit.max_calls
+
+
 def build_server(settings: Settings) -> AgentServer:
     lk = settings.livekit
 
@@ -198,7 +203,7 @@ def build_server(settings: Settings) -> AgentServer:
         proc.userdata["models"] = _shared_models(settings)
 
     def load() -> float:
-        return _active_calls / lk.max_calls
+        return current_load(settings)
 
     server = AgentServer(
         job_executor_type=JobExecutorType.THREAD, setup_fnc=prewarm, load_fnc=load,
