@@ -10,7 +10,7 @@ offline=0
 if [ "${1:-}" = "--offline" ]; then offline=1; shift; fi
 
 # System packages the tests use: espeak-ng and sox make caller audio, Chromium is the browser,
-# SIPp (sip-tester) and baresip are the SIP peers.
+# SIPp (sip-tester) and baresip are the SIP peers, redis-server backs the router tests.
 need=()
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
@@ -18,6 +18,7 @@ command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need
 command -v npm >/dev/null || need+=(npm)
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v baresip >/dev/null || need+=(baresip-core)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "==> installing ${need[*]}" >&2
