@@ -91,10 +91,17 @@ async def env(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     await livekit.start()
     requests: list[dict[str, Any]] = []
     runner, url = await tool_calling_llm(
-        requests, {"pressed 0": "transfer_to_human", "pressed 9": "end_call"}
+        requests,
+        {
+            "pressed 0": "transfer_to_human",
+            "pressed 9": "end_call",
+            "pressed 5": "warm_transfer_to_human",
+        },
     )
     settings.llm.base_url = url
     settings.livekit.transfer_target = "+15559990000"
+    settings.livekit.warm_transfer = True
+    settings.livekit.outbound_trunk = "ST_out"
     settings.agent.dtmf_gap = 0.3
     models = await load_models(settings)
     yield {"livekit": livekit, "requests": requests, "models": models, "settings": settings}
@@ -173,6 +180,22 @@ async def test_phone_caller_waits_for_active_then_presses_0_and_is_transferred(
         "call-_+15550100_abc", "sip_+15550100", "tel:+15559990000",
     )  # fmt: skip
     assert recs[-1]["type"] == "call_end" and recs[-1]["reason"] == "transferred"
+
+
+async def test_warm_transfer_dials_the_colleague_in_and_briefs_them(
+    env: dict[str, Any],
+) -> None:
+    recs, _, _ = await _answered_then(env, "5")
+    (dial,) = env["livekit"].calls("CreateSIPParticipant")
+    assert (dial.sip_trunk_id, dial.sip_call_to, dial.room_name) == (
+        "ST_out", "+15559990000", "call-_+15550100_abc",
+    )  # fmt: skip
+    assert dial.wait_until_answered
+    said = [r["text"] for r in recs if r.get("role") == "agent"]
+    briefing = [t for t in said if "I have a caller from +15550100" in t]
+    assert briefing and "pressed 5" in briefing[0], said  # what the caller "said" last
+    assert not env["livekit"].calls("DeleteRoom"), "the room stays up for the two of them"
+    assert recs[-1]["reason"] == "warm_transferred"
 
 
 async def test_end_call_tool_says_goodbye_and_deletes_the_room(env: dict[str, Any]) -> None:
