@@ -31,7 +31,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-EXTRAS=embedded-llm,dev ./scripts/setup.sh
+EXTRAS=embedded-llm,orpheus,dev ./scripts/setup.sh
 # the LiveKit web page's browser SDK (npm), so its test serves the real file
 .venv/bin/python -m worker download-files --with livekit-client >/dev/null
 
