@@ -16,6 +16,7 @@ from livekit.agents import vad as agents_vad
 
 from plugins.faster_whisper import STT as WhisperSTT
 from plugins.faster_whisper import WhisperOptions
+from plugins.faster_whisper.remote import RemoteSTT
 from plugins.kokoro import TTS as KokoroTTS
 from plugins.kokoro import KokoroOptions
 from plugins.llama_cpp import EmbeddedLLMServer
@@ -37,7 +38,7 @@ class Models:
     settings: Settings
     vad: agents_vad.VAD | None = None
     turn_detector: Any = None
-    stt: WhisperSTT | None = None
+    stt: WhisperSTT | RemoteSTT | None = None
     tts: KokoroTTS | None = None
     llm: OpenAICompatLLM | None = None
     embedded_llm: EmbeddedLLMServer | None = None
@@ -91,6 +92,10 @@ def load_stt(settings: Settings) -> WhisperSTT:
 
 def load_tts(settings: Settings) -> KokoroTTS:
     s = settings.tts
+    if s.server_url:
+        from plugins.kokoro.tts import RemoteTTS
+
+        return RemoteTTS(url=s.server_url, voice=s.voice, speed=s.speed)
     model = _resolve_hub_file(assets.resolve(s.model, settings.models_dir))
     voices = assets.resolve(s.voices, settings.models_dir)
     return KokoroTTS(
@@ -156,12 +161,17 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
             timed("turn", t, "livekit turn-detector v1-mini (local)")
         if "stt" in wanted:
             t = time.perf_counter()
-            models.stt = load_stt(settings)
-            timed("stt", t, f"faster-whisper {models.stt.model}")
+            if settings.stt.server_url:
+                models.stt = RemoteSTT(url=settings.stt.server_url, language=settings.stt.language)
+                timed("stt", t, f"STT server {settings.stt.server_url}")
+            else:
+                models.stt = load_stt(settings)
+                timed("stt", t, f"faster-whisper {models.stt.model}")
         if "tts" in wanted:
             t = time.perf_counter()
             models.tts = load_tts(settings)
-            timed("tts", t, f"kokoro voice {settings.tts.voice}")
+            on = f" on {settings.tts.server_url}" if settings.tts.server_url else ""
+            timed("tts", t, f"kokoro voice {settings.tts.voice}{on}")
         if "llm" in wanted:
             t = time.perf_counter()
             models.llm, models.embedded_llm = await load_llm(settings)

@@ -70,6 +70,11 @@ class AgentSettings(BaseModel):
 class STTSettings(BaseModel):
     """Speech to text (faster-whisper)."""
 
+    server_url: str | None = Field(
+        None,
+        description="A shared STT server (`python -m plugins.faster_whisper.server`, "
+        "`ws://host:8091`); unset decodes in this process.",
+    )
     model: str = Field(
         "tiny.en",
         description="`tiny.en` or `base` (offline assets), a local CTranslate2 model folder, "
@@ -93,6 +98,11 @@ class STTSettings(BaseModel):
 class TTSSettings(BaseModel):
     """Text to speech (Kokoro-82M)."""
 
+    server_url: str | None = Field(
+        None,
+        description="A shared Kokoro server (`python -m plugins.kokoro.server`); unset "
+        "synthesises in this process.",
+    )
     model: str = Field(
         "kokoro-82m",
         description="`kokoro-82m` (offline int8 ONNX asset), a local .onnx path, or "

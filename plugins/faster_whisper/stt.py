@@ -28,6 +28,7 @@ from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
+from .batch import BatchDecoder
 from .log import logger
 from .models import WhisperOptions, load_model
 
@@ -136,7 +137,12 @@ class STT(stt.STT):
         texts = [s.text for s in segments if not (s.no_speech_prob > 0.6 and s.avg_logprob < -1.0)]
         return " ".join(t.strip() for t in texts).strip()
 
+    batcher: BatchDecoder | None = None
+    """When set (the shared STT server), decodes go through it in cross-stream batches."""
+
     async def transcribe_async(self, pcm: np.ndarray, language: str | None = None) -> str:
+        if self.batcher is not None and (language or self._opts.language) == self.batcher.language:
+            return await self.batcher.transcribe(pcm)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.transcribe_pcm, pcm, language)
 

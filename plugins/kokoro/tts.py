@@ -118,23 +118,28 @@ class TTS(tts.TTS):
     def provider(self) -> str:
         return "kokoro-onnx"
 
-    def synthesize_pcm(self, text: str) -> np.ndarray:
+    def synthesize_pcm(
+        self, text: str, voice: str | None = None, speed: float | None = None
+    ) -> np.ndarray:
         """Blocking: int16 samples for one piece of text, followed by a short pause."""
         text = text.strip()
         if not any(c.isalnum() for c in text):
             return np.zeros(0, dtype=np.int16)
         audio, _ = self._kokoro.create(
-            text, voice=self._opts.voice, speed=self._opts.speed, lang=self._opts.lang
-        )
+            text, voice=voice or self._opts.voice, speed=speed or self._opts.speed,
+            lang=self._opts.lang,
+        )  # fmt: skip
         # a piece split mid-phrase runs straight on; one that ends a clause or sentence breathes
         gap = PAUSE_AFTER_PIECE if text[-1] in ".!?,;:" else 0.0
         pause = np.zeros(int(gap * SAMPLE_RATE), dtype=np.float32)
         full = np.concatenate([np.asarray(audio, dtype=np.float32), pause])
         return (np.clip(full, -1.0, 1.0) * 32767).astype(np.int16)
 
-    async def synthesize_async(self, text: str) -> np.ndarray:
+    async def synthesize_async(
+        self, text: str, voice: str | None = None, speed: float | None = None
+    ) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_pool(), self.synthesize_pcm, text)
+        return await loop.run_in_executor(_pool(), self.synthesize_pcm, text, voice, speed)
 
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
@@ -215,3 +220,53 @@ class SynthesizeStream(tts.SynthesizeStream):
                 if not task.done():
                     task.cancel()
             await sentences.aclose()
+
+
+class RemoteTTS(TTS):
+    """The same streaming TTS, synthesising each piece on a shared Kokoro server
+    (``plugins.kokoro.server``) instead of in this process."""
+
+    def __init__(self, *, url: str, voice: str = "af_heart", speed: float = 1.0) -> None:
+        tts.TTS.__init__(
+            self, capabilities=tts.TTSCapabilities(streaming=True), sample_rate=SAMPLE_RATE,
+            num_channels=1,
+        )  # fmt: skip
+        self.url = url.rstrip("/")
+        self._opts = KokoroOptions(model_path="", voices_path="", voice=voice, speed=speed)
+        self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
+        self._http: Any = None
+
+    @property
+    def voices(self) -> list[str]:
+        raise NotImplementedError("ask the server: GET /v1/audio/voices")
+
+    @property
+    def provider(self) -> str:
+        return self.url
+
+    async def synthesize_async(
+        self, text: str, voice: str | None = None, speed: float | None = None
+    ) -> np.ndarray:
+        import aiohttp
+        from livekit.agents import APIConnectionError, APIStatusError
+
+        if not any(c.isalnum() for c in text):
+            return np.zeros(0, dtype=np.int16)
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        body = {"input": text, "voice": voice or self._opts.voice,
+                "speed": speed or self._opts.speed, "response_format": "pcm"}  # fmt: skip
+        try:
+            async with self._http.post(f"{self.url}/v1/audio/speech", json=body) as resp:
+                if resp.status != 200:
+                    raise APIStatusError(
+                        f"Kokoro server: {(await resp.text())[:300]}", status_code=resp.status
+                    )
+                data = await resp.read()
+        except aiohttp.ClientError as e:
+            raise APIConnectionError(f"Kokoro server unreachable at {self.url}: {e}") from e
+        return np.frombuffer(data[: len(data) // 2 * 2], dtype=np.int16)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
