@@ -32,6 +32,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 EXTRAS=embedded-llm,orpheus,dev ./scripts/setup.sh
+# vLLM for the CPU in its own environment, for the router integration test (once per machine)
+./scripts/setup-vllm.sh
 # the LiveKit web page's browser SDK (npm), so its test serves the real file
 .venv/bin/python -m worker download-files --with livekit-client >/dev/null
 

@@ -106,7 +106,7 @@ async def run_call(
         agent.dtmf(digit)
 
     call.on_dtmf = on_dtmf
-    session = create_session(models, profile, turn_profile)
+    session = create_session(models, profile, turn_profile, session_id=call.call_id)
     sync: TranscriptSynchronizer | None = None
     if room is None:
         session.input.audio = call.audio_input

@@ -39,9 +39,12 @@ class Models:
     vad: agents_vad.VAD | None = None
     turn_detector: Any = None
     stt: WhisperSTT | RemoteSTT | None = None
-    tts: KokoroTTS | None = None
+    tts: Any = None
+    """Kokoro in process or on a server, or Orpheus."""
     llm: OpenAICompatLLM | None = None
     embedded_llm: EmbeddedLLMServer | None = None
+    router: Any = None
+    """``infra.router.Router`` when ``router.redis_url`` is set: LLM backends by voice."""
     load_seconds: dict[str, float] = field(default_factory=dict)
     described: dict[str, str] = field(default_factory=dict)
     _stock_vad: agents_vad.VAD | None = None
@@ -57,6 +60,9 @@ class Models:
     async def aclose(self) -> None:
         if self.llm is not None:
             await self.llm.aclose()
+        if self.router is not None:
+            await self.router.r.aclose()
+            self.router = None
         if self.embedded_llm is not None:
             self.embedded_llm.stop()
             self.embedded_llm = None
@@ -90,8 +96,21 @@ def load_stt(settings: Settings) -> WhisperSTT:
     )  # fmt: skip
 
 
-def load_tts(settings: Settings) -> KokoroTTS:
+def load_tts(settings: Settings) -> Any:
     s = settings.tts
+    if s.engine == "orpheus":
+        from plugins.orpheus import TTS as OrpheusTTS
+        from plugins.orpheus import OrpheusOptions, WindowDecoder, load_snac
+
+        if not s.orpheus_url and not settings.router.redis_url:
+            raise ValueError("tts.engine orpheus needs tts.orpheus_url or router.redis_url")
+        return OrpheusTTS(
+            opts=OrpheusOptions(
+                base_url=s.orpheus_url, voice=s.orpheus_voice, model=s.orpheus_model,
+                sentences_per_request=s.orpheus_sentences,
+            ),
+            decoder=WindowDecoder(load_snac(s.snac), s.device),
+        )  # fmt: skip
     if s.server_url:
         from plugins.kokoro.tts import RemoteTTS
 
@@ -172,6 +191,16 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
             models.tts = load_tts(settings)
             on = f" on {settings.tts.server_url}" if settings.tts.server_url else ""
             timed("tts", t, f"kokoro voice {settings.tts.voice}{on}")
+        if "llm" in wanted and settings.router.redis_url:
+            import redis.asyncio as aioredis
+
+            from infra.router import Router
+
+            r = settings.router
+            models.router = Router(
+                aioredis.from_url(settings.router.redis_url), prefix=r.prefix, vnodes=r.vnodes,
+                replicas=r.replicas, max_replicas=r.max_replicas, grow_above=r.grow_above,
+            )  # fmt: skip
         if "llm" in wanted:
             t = time.perf_counter()
             models.llm, models.embedded_llm = await load_llm(settings)

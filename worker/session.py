@@ -57,9 +57,13 @@ def turn_handling(models: Models, turn_profile: TurnProfile) -> TurnHandlingOpti
 
 
 def create_session(
-    models: Models, profile: Profile = "web", turn_profile: TurnProfile | None = None
+    models: Models,
+    profile: Profile = "web",
+    turn_profile: TurnProfile | None = None,
+    session_id: str | None = None,
 ) -> AgentSession[Any]:
-    """A new session wired to the shared models."""
+    """A new session wired to the shared models. With a router configured, the session's
+    LLM requests go to the GPU node the router pins ``session_id`` to."""
     s = models.settings
     if models.stt is None or models.llm is None or models.tts is None or models.vad is None:
         raise ValueError("a session needs the VAD, STT, LLM and TTS loaded")
@@ -68,11 +72,25 @@ def create_session(
         max_retry=s.llm.max_retries, retry_interval=0.3, timeout=s.llm.connect_timeout
     )
     warmup = STOCK_ECHO_WARMUP_S if turn_profile == "livekit-defaults" else ECHO_WARMUP_S[profile]
+    llm: Any = models.llm
+    tts: Any = models.tts
+    if models.router is not None and session_id is not None:
+        from dataclasses import replace
+
+        from infra.router import session_resolver
+        from plugins.vllm import LLM as RoutedLLM
+
+        resolve = session_resolver(models.router, session_id)
+        llm = RoutedLLM(opts=replace(models.llm.options, resolver=resolve))
+        from plugins.orpheus import TTS as OrpheusTTS
+
+        if isinstance(tts, OrpheusTTS):  # the voice's LoRA lives on the session's node
+            tts = OrpheusTTS(opts=replace(tts.opts, resolver=resolve), decoder=tts.decoder)
     return AgentSession(
         stt=models.stt,
         vad=models.stock_vad() if turn_profile == "livekit-defaults" else models.vad,
-        llm=models.llm,
-        tts=models.tts,
+        llm=llm,
+        tts=tts,
         turn_handling=turn_handling(models, turn_profile),
         aec_warmup_duration=warmup,
         user_away_timeout=None,

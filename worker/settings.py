@@ -96,8 +96,25 @@ class STTSettings(BaseModel):
 
 
 class TTSSettings(BaseModel):
-    """Text to speech (Kokoro-82M)."""
+    """Text to speech: Kokoro-82M (default) or Orpheus on a vLLM server."""
 
+    engine: Literal["kokoro", "orpheus"] = Field(
+        "kokoro", description="`kokoro` (in process or a Kokoro server) or `orpheus` (vLLM)."
+    )
+    orpheus_url: str | None = Field(
+        None, description="Orpheus's OpenAI-compatible base URL; or set `router.redis_url`."
+    )
+    orpheus_voice: str = Field("tara", description="Speaker name in the Orpheus prompt.")
+    orpheus_model: str | None = Field(
+        None, description="Model or LoRA voice name sent to vLLM (default: the voice)."
+    )
+    orpheus_sentences: int = Field(
+        1, ge=1, le=5, description="Sentences per Orpheus request (more: more expressive)."
+    )
+    snac: str = Field(
+        "hubertsiuzdak/snac_24khz", description="SNAC 24 kHz weights: a folder or hub name."
+    )
+    device: str = Field("cpu", description="Where SNAC decodes: `cpu` or `cuda`.")
     server_url: str | None = Field(
         None,
         description="A shared Kokoro server (`python -m plugins.kokoro.server`); unset "
@@ -296,6 +313,21 @@ class SIPSettings(BaseModel):
         )
 
 
+class RouterSettings(BaseModel):
+    """Route LLM (and Orpheus) requests by voice to GPU nodes registered in Redis."""
+
+    redis_url: str | None = Field(
+        None, description="Redis holding the ring, e.g. `redis://redis:6379/0`; unset: off."
+    )
+    prefix: str = Field("router", description="Key prefix in Redis.")
+    vnodes: int = Field(100, ge=1, description="Virtual nodes per GPU node on the ring.")
+    replicas: int = Field(1, ge=1, description="Nodes per voice by default.")
+    max_replicas: int = Field(4, ge=1, description="Most nodes a busy voice grows to.")
+    grow_above: int = Field(
+        600, ge=1, description="Requests a minute for a voice above which it gains a replica."
+    )
+
+
 class LiveKitSettings(BaseModel):
     """LiveKit server connection; unset URL means embedded local mode."""
 
@@ -355,6 +387,7 @@ class Settings(BaseSettings):
     turn: TurnSettings = TurnSettings()
     twilio: TwilioSettings = TwilioSettings()
     sip: SIPSettings = SIPSettings()
+    router: RouterSettings = RouterSettings()
     livekit: LiveKitSettings = LiveKitSettings()
 
     @property

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -196,3 +197,12 @@ class Router:
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def session_resolver(router: Router, session: str) -> Callable[[str], Awaitable[str]]:
+    """A plugin resolver: voice -> base URL, pinned to ``session``'s node while it lives."""
+
+    async def resolve(voice: str) -> str:
+        return (await router.lookup(voice, session)).url
+
+    return resolve

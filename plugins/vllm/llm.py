@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,9 @@ class LLMOptions:
     timeout: float = 10.0
     """Seconds allowed until the first token and between tokens."""
     extra_body: dict[str, Any] = field(default_factory=dict)
+    resolver: Callable[[str], Awaitable[str]] | None = None
+    """Model (or LoRA voice) name -> base URL, asked per request: the router in
+    ``infra.router``, which keeps a session on the GPU that holds its adapter."""
 
 
 class LLM(llm.LLM):
@@ -130,7 +134,13 @@ class LLMStream(llm.LLMStream):
         headers = {"Content-Type": "application/json"}
         if opts.api_key:
             headers["Authorization"] = f"Bearer {opts.api_key}"
-        url = opts.base_url.rstrip("/") + "/chat/completions"
+        base = opts.base_url
+        if opts.resolver is not None:
+            try:
+                base = await opts.resolver(opts.model)
+            except LookupError as e:
+                raise APIConnectionError(f"no backend for {opts.model}: {e}") from e
+        url = base.rstrip("/") + "/chat/completions"
         request_id = uuid.uuid4().hex[:12]
         tool_calls: dict[int, dict[str, str]] = {}
         started = time.perf_counter()
@@ -163,7 +173,7 @@ class LLMStream(llm.LLMStream):
                 f"LLM endpoint {opts.base_url} gave no token for {opts.timeout:.1f}s"
             ) from e
         except aiohttp.ClientError as e:
-            raise APIConnectionError(f"LLM endpoint {opts.base_url} unreachable: {e}") from e
+            raise APIConnectionError(f"LLM endpoint {base} unreachable: {e}") from e
         except json.JSONDecodeError as e:
             raise APIConnectionError(f"LLM endpoint sent malformed data: {e}") from e
         for call in tool_calls.values():
