@@ -43,6 +43,9 @@ echo "==> ruff" >&2
 echo "==> mypy" >&2
 .venv/bin/mypy worker plugins telephony infra
 
+echo "==> fuzzing the network-facing parsers (10,000 inputs each)" >&2
+.venv/bin/python scripts/fuzz.py --n 10000 2>/dev/null
+
 run=(.venv/bin/python -m pytest -ra "$@")
 if [ $offline = 1 ]; then
   if unshare -rn true 2>/dev/null; then

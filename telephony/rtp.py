@@ -279,7 +279,10 @@ class RtpSession(asyncio.DatagramProtocol):
         if self.transport is None or self.remote is None or not self.sending:
             return
         pkt = RtpPacket(pt, self._seq, self._ts, self.ssrc, payload, marker)
-        self.transport.sendto(pkt.to_bytes(), self.remote)
+        try:
+            self.transport.sendto(pkt.to_bytes(), self.remote)
+        except (OSError, ValueError, OverflowError, TypeError) as e:  # never close the socket
+            logger.debug("rtp send to %s failed: %s", self.remote, e)
         self._seq = (self._seq + 1) & 0xFFFF
         self.sent += 1
 

@@ -3,6 +3,7 @@ write ours. We speak G.711 (PCMU, PCMA) and RFC 4733 telephone-events, nothing e
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass, field
 
@@ -73,7 +74,7 @@ def parse(body: bytes | str) -> AudioDescription:
             if parts[0] != "audio":
                 continue
             seen_audio = True
-            if not parts[1].split("/")[0].isdigit():
+            if not parts[1].split("/")[0].isdigit() or int(parts[1].split("/")[0]) > 65535:
                 raise SdpError("bad port in m= line")
             if parts[2] not in ("RTP/AVP", "RTP/AVPF"):
                 raise NoCommonCodec(f"transport {parts[2]} is not plain RTP")
@@ -107,6 +108,10 @@ def parse(body: bytes | str) -> AudioDescription:
         raise NoCommonCodec("no audio stream" if not seen_audio else "no usable audio stream")
     if not media.address:
         raise SdpError("no connection address (c=)")
+    try:
+        ipaddress.ip_address(media.address)  # a host name would mean a blocking DNS lookup
+    except ValueError:
+        raise SdpError(f"connection address {media.address[:40]!r} is not an IP address") from None
     if media.direction == "sendrecv" and direction != "sendrecv":
         media.direction = direction
     return media

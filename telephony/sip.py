@@ -321,8 +321,8 @@ class SipServer(asyncio.DatagramProtocol):
             self.stats["malformed"] += 1
             logger.info("malformed SIP from %s:%d: %s", addr[0], addr[1], e.reason)
             out = error_from_headers(e)
-            if out is not None and self.transport is not None:
-                self.transport.sendto(out, self._reply_address_raw(e.headers, addr))
+            if out is not None:
+                self._send_raw(out, self._reply_address_raw(e.headers, addr))
             return
         try:
             if msg.is_request:
@@ -358,8 +358,14 @@ class SipServer(asyncio.DatagramProtocol):
         return source[0], port
 
     def _send_raw(self, data: bytes, dest: tuple[str, int]) -> None:
-        if self.transport is not None:
+        """Send a datagram; a bad destination is dropped, never allowed to close the socket
+        (asyncio closes a datagram transport on any non-OSError from sendto)."""
+        if self.transport is None or not 0 < dest[1] < 65536:
+            return
+        try:
             self.transport.sendto(data, dest)
+        except (OSError, ValueError, OverflowError, TypeError) as e:
+            logger.debug("cannot send to %s: %s", dest, e)
 
     def _respond(
         self,
@@ -771,7 +777,7 @@ class SipServer(asyncio.DatagramProtocol):
                 dest_host, dest_port, type=socket.SOCK_DGRAM
             )
             dest = infos[0][4][:2]
-        except (OSError, ValueError):
+        except (OSError, ValueError, OverflowError, UnicodeError):
             dest = call.source
         fut: asyncio.Future[SipMessage | None] = asyncio.get_running_loop().create_future()
         tx = _ClientTx(msg.to_bytes(), (str(dest[0]), int(dest[1])), fut)

@@ -164,7 +164,10 @@ def uri_host_port(uri: str, default_port: int = 5060) -> tuple[str, int]:
         host, _, port = rest.partition(":")
     if not host:
         raise ValueError(f"no host in {uri!r}")
-    return host, int(port) if port.isdigit() else default_port
+    number = int(port) if port.isdigit() else default_port
+    if not 0 < number < 65536:
+        raise ValueError(f"port out of range in {uri!r}")
+    return host, number
 
 
 def uri_user(uri: str) -> str | None:

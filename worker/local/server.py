@@ -163,7 +163,8 @@ class LocalServer:
         try:
             answer = await call.answer(sdp, kind)
         except OfferError as e:
-            await call.close()
+            with contextlib.suppress(Exception):  # a half-negotiated peer may fail to close
+                await call.close()
             return _error(400, str(e))
         self._calls[call.call_id] = call
         task = asyncio.create_task(self._run(call))

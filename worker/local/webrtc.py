@@ -128,13 +128,16 @@ class WebRTCCall(Call):
             raise OfferError(f"expected an SDP of type 'offer', got {kind!r}")
         if "m=audio" not in sdp:
             raise OfferError("the offer has no audio media section")
+        for need in ("a=fingerprint:", "a=ice-ufrag:", "a=ice-pwd:"):
+            if need not in sdp:  # aiortc would accept it and fail later, out of our hands
+                raise OfferError(f"the offer has no {need[2:-1]} (WebRTC needs DTLS and ICE)")
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except Exception as e:  # aiortc raises ValueError and friends on bad SDP
-            raise OfferError(f"invalid SDP offer: {e}") from e
-        self.pc.addTrack(_AgentTrack(self))
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)
+            self.pc.addTrack(_AgentTrack(self))
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+        except Exception as e:  # aiortc raises ValueError, AttributeError... on odd offers
+            raise OfferError(f"invalid SDP offer: {type(e).__name__}: {e}"[:200]) from e
         return self.pc.localDescription
 
     async def _pump_audio(self, track: MediaStreamTrack) -> None:
