@@ -28,10 +28,14 @@ class QueueAudioInput(io.AudioInput):
         self._max = max_frames
         self._closed = False
         self.dropped = 0
+        self.taps: list[Callable[[rtc.AudioFrame], None]] = []
+        """Called with every frame pushed (call recording)."""
 
     def push(self, frame: rtc.AudioFrame) -> None:
         if self._closed:
             return
+        for tap in self.taps:
+            tap(frame)
         if self._q.qsize() >= self._max:
             self._q.get_nowait()
             self.dropped += 1
@@ -81,6 +85,8 @@ class PacedAudioOutput(io.AudioOutput):
         """Wall-clock time the current segment's first sample left for the caller."""
         self.listeners: list[Callable[[str, float], None]] = []
         """Called with ("start" | "pause" | "resume" | "clear" | "done", wall-clock time)."""
+        self.taps: list[Callable[[np.ndarray], None]] = []
+        """Called with every block the transport takes, silence included (call recording)."""
 
     def _notify(self, what: str) -> None:
         now = time.time()
@@ -147,6 +153,11 @@ class PacedAudioOutput(io.AudioOutput):
             self._finish(interrupted=True)
 
     @property
+    def rate(self) -> int:
+        """The sample rate the transport reads at."""
+        return self._rate
+
+    @property
     def audible(self) -> bool:
         """A reply is playing (or paused mid-way): the caller has heard part of it."""
         return self._in_segment and self._started
@@ -181,6 +192,12 @@ class PacedAudioOutput(io.AudioOutput):
 
     def read(self, n: int) -> np.ndarray:
         """Take the next ``n`` samples to send (silence when paused or idle)."""
+        out = self._read(n)
+        for tap in self.taps:
+            tap(out)
+        return out
+
+    def _read(self, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=np.int16)
         if self._paused or not self._buffered:
             return out

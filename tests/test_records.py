@@ -51,3 +51,39 @@ def test_calls_command_prints_the_newest_call(tmp_path: Path) -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "a " in listing.stdout and "b " in listing.stdout
+
+
+def test_export_writes_json_and_a_readable_transcript(tmp_path: Path) -> None:
+    rec = records.CallRecord(tmp_path / "calls", "c9")
+    rec.start("sip", caller="15550100")
+    rec.turn("agent", "Hello! How can I help you today?", 1.0, 2.0)
+    rec.turn("user", "I need to change my booking.", 3.0, 4.0)
+    rec.dtmf("7")
+    rec.end("caller_hangup")
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "calls", "--export", str(tmp_path / "out"),
+         "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "out" / "c9.json").read_text())
+    assert [r["type"] for r in data] == ["call_start", "turn", "turn", "dtmf", "call_end"]
+    text = (tmp_path / "out" / "c9.txt").read_text()
+    assert "via sip from 15550100" in text
+    assert "Agent: Hello! How can I help you today?" in text
+    assert "Caller: I need to change my booking." in text
+    assert "(key 7)" in text and "call ended: caller_hangup" in text
+
+
+def test_card_and_phone_numbers_are_redacted_when_asked(tmp_path: Path) -> None:
+    said = "Card 4111 1111 1111 1111, call me on +1 (555) 123-4567; booking 12345 for 2026."
+    plain = records.CallRecord(tmp_path, "plain")
+    plain.turn("user", said, 1.0, 2.0)
+    masked = records.CallRecord(tmp_path, "masked", redact_numbers=True)
+    masked.start("sip", caller="+15551234567")
+    masked.turn("user", said, 1.0, 2.0)
+    assert records.read_records(plain.path)[0]["text"] == said
+    start, turn = records.read_records(masked.path)
+    assert start["caller"] == "[phone]"
+    assert turn["text"] == "Card [card], call me on [phone]; booking 12345 for 2026."
+    # a 16-digit number that fails the Luhn check is not a card
+    assert records.redact("ref 1234 5678 9012 3456") == "ref 1234 5678 9012 3456"

@@ -26,6 +26,7 @@ from . import records
 from .agent import VoiceAgent
 from .metrics import CallObserver
 from .models import Models
+from .recording import CallAudioRecorder
 from .session import Profile, TurnProfile, create_session
 from .turns import BackchannelPolicy, SpeculationTracker
 
@@ -96,7 +97,9 @@ async def run_call(
     settings = models.settings
     turn_profile = turn_profile or settings.turn.profile
     ours = turn_profile == "default"
-    record = records.CallRecord(settings.calls_dir, call.call_id)
+    record = records.CallRecord(
+        settings.calls_dir, call.call_id, redact_numbers=settings.records.redact_numbers
+    )
     record.start(
         call.transport, caller=call.caller, turn_profile=turn_profile, **call.record_fields
     )
@@ -106,6 +109,13 @@ async def run_call(
         agent.dtmf(digit)
 
     call.on_dtmf = on_dtmf
+    recorder: CallAudioRecorder | None = None
+    if settings.records.audio and room is None:
+        recorder = CallAudioRecorder(
+            settings.data_dir / "recordings", call.call_id, call.audio_output.rate
+        )
+        call.audio_input.taps.append(recorder.caller_frame)
+        call.audio_output.taps.append(recorder.agent_samples)
     session = create_session(models, profile, turn_profile, session_id=call.call_id)
     sync: TranscriptSynchronizer | None = None
     if room is None:
@@ -170,6 +180,8 @@ async def run_call(
             with contextlib.suppress(Exception):
                 await sync.aclose()  # its segment tasks would otherwise outlive the call
         observer.detach()
+        if recorder is not None:
+            recorder.close()
         record.end(call.end_reason)
         call.mark_ended(call.end_reason)
         logger.info("call %s ended (%s)", call.call_id, call.end_reason)

@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     calls = sub.add_parser("calls", parents=[common], help="list recorded calls")
     calls.add_argument("--last", action="store_true", help="only the newest call")
     calls.add_argument("--json", action="store_true", help="print records as JSON")
+    calls.add_argument(
+        "--export", type=Path, metavar="DIR", help="write every call as DIR/<id>.json and .txt"
+    )
     return p
 
 
@@ -192,6 +195,11 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
             "yet; anyone who can reach it can talk to the agent",
             settings.http.host,
         )
+    from .recording import prune
+
+    gone = prune(settings.data_dir / "recordings", settings.records.audio_retention_days)
+    if gone:
+        logger.info("deleted %d call recordings past their retention", gone)
     print("loading models...", file=sys.stderr)
     started = time.perf_counter()
     models = await load_models(settings)
@@ -423,6 +431,13 @@ async def _harness(settings: Settings, scenarios: list[Any], profiles: list[Any]
 
 
 def cmd_calls(settings: Settings, args: argparse.Namespace) -> int:
+    if args.export:
+        try:
+            written = records.export(settings.calls_dir, args.export)
+        except OSError as e:
+            raise CLIError(f"cannot export to {args.export}: {e.strerror or e}") from e
+        print(f"exported {len(written)} calls to {args.export}", file=sys.stderr)
+        return 0
     paths = list(records.iter_calls(settings.calls_dir))
     if not paths:
         print(f"no calls recorded in {settings.calls_dir}", file=sys.stderr)

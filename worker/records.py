@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -25,11 +26,38 @@ def new_call_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
 
 
+_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+_PHONE = re.compile(r"(?<![\w+])\+?\d[\d ().-]{7,}\d(?!\w)")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0
+
+
+def redact(text: str) -> str:
+    """Mask card numbers (13-19 digits passing the Luhn check) and phone numbers."""
+
+    def card(m: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", m.group(0))
+        return "[card]" if 13 <= len(digits) <= 19 and _luhn(digits) else m.group(0)
+
+    def phone(m: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", m.group(0))
+        return "[phone]" if 9 <= len(digits) <= 15 else m.group(0)
+
+    return _PHONE.sub(phone, _CARD.sub(card, text))
+
+
 class CallRecord:
     """Appends records for one call; every write is flushed to the OS."""
 
-    def __init__(self, calls_dir: Path, call_id: str) -> None:
+    def __init__(self, calls_dir: Path, call_id: str, *, redact_numbers: bool = False) -> None:
         calls_dir.mkdir(parents=True, exist_ok=True)
+        self.redact_numbers = redact_numbers
         self.call_id = call_id
         self.path = calls_dir / f"{call_id}.jsonl"
         self._lock = threading.Lock()
@@ -37,6 +65,11 @@ class CallRecord:
         self._closed = False
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.redact_numbers:
+            record = {
+                k: redact(v) if k in ("text", "caller") and isinstance(v, str) else v
+                for k, v in record.items()
+            }
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         with self._lock:
             if self._closed:
@@ -173,3 +206,37 @@ def summarize(path: Path) -> CallSummary:
         turns=sum(1 for r in recs if r.get("type") == "turn"),
         ended=str(end.get("reason")) if end else None,
     )
+
+
+def transcript_text(recs: list[dict[str, Any]]) -> str:
+    """A call as plain text: who said what, key presses, how it ended."""
+    lines = []
+    for r in recs:
+        kind = r.get("type")
+        when = time.strftime("%H:%M:%S", time.localtime(r.get("started_at") or r.get("at") or 0))
+        if kind == "call_start":
+            day = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("started_at", 0)))
+            who = r.get("caller") or "unknown"
+            lines.append(f"call {r.get('call_id')} via {r.get('transport')} from {who} at {day}")
+        elif kind == "turn":
+            who = "Agent" if r.get("role") == "agent" else "Caller"
+            cut = " [interrupted]" if r.get("interrupted") else ""
+            lines.append(f"[{when}] {who}: {r.get('text', '')}{cut}")
+        elif kind == "dtmf":
+            lines.append(f"[{when}] (key {r.get('digit')})")
+        elif kind == "call_end":
+            lines.append(f"call ended: {r.get('reason')}")
+    return "\n".join(lines) + "\n"
+
+
+def export(calls_dir: Path, out_dir: Path) -> list[Path]:
+    """Write each call as ``<id>.json`` (its records) and ``<id>.txt`` (a transcript)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in iter_calls(calls_dir):
+        recs = read_records(path)
+        stem = out_dir / path.stem
+        stem.with_suffix(".json").write_text(json.dumps(recs, indent=2, ensure_ascii=False))
+        stem.with_suffix(".txt").write_text(transcript_text(recs), encoding="utf-8")
+        written.append(stem)
+    return written

@@ -313,6 +313,18 @@ class SIPSettings(BaseModel):
         )
 
 
+class RecordsSettings(BaseModel):
+    """What is kept of each call."""
+
+    redact_numbers: bool = Field(
+        False, description="Mask card and phone numbers in stored transcripts."
+    )
+    audio: bool = Field(False, description="Also record both sides of each call to WAV.")
+    audio_retention_days: float = Field(
+        7.0, gt=0, description="Recordings older than this are deleted at startup."
+    )
+
+
 class RouterSettings(BaseModel):
     """Route LLM (and Orpheus) requests by voice to GPU nodes registered in Redis."""
 
@@ -388,6 +400,7 @@ class Settings(BaseSettings):
     twilio: TwilioSettings = TwilioSettings()
     sip: SIPSettings = SIPSettings()
     router: RouterSettings = RouterSettings()
+    records: RecordsSettings = RecordsSettings()
     livekit: LiveKitSettings = LiveKitSettings()
 
     @property
