@@ -31,7 +31,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-EXTRAS=embedded-llm,orpheus,dev ./scripts/setup.sh
+EXTRAS=embedded-llm,orpheus,fallback,dev ./scripts/setup.sh
 # vLLM for the CPU in its own environment, for the router integration test (once per machine)
 ./scripts/setup-vllm.sh
 # the LiveKit web page's browser SDK (npm), so its test serves the real file

@@ -55,6 +55,10 @@ WASTED_AUDIO = Counter(
     registry=REGISTRY,
 )  # fmt: skip
 CALLS = Counter("voice_agent_calls", "Calls started", ["transport"], registry=REGISTRY)
+FALLBACKS = Counter(
+    "voice_agent_fallbacks", "Model engines marked unavailable (their fallback took over)",
+    ["kind", "engine"], registry=REGISTRY,
+)  # fmt: skip
 ACTIVE_CALLS = Gauge("voice_agent_active_calls", "Calls in progress", registry=REGISTRY)
 TURNS = Counter("voice_agent_turns", "Completed turns", ["role"], registry=REGISTRY)
 

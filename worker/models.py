@@ -41,6 +41,10 @@ class Models:
     stt: WhisperSTT | RemoteSTT | None = None
     tts: Any = None
     """Kokoro in process or on a server, or Orpheus."""
+    session_tts: Any = None
+    """What sessions speak with: ``tts`` behind a fallback adapter when a second engine exists."""
+    session_stt: Any = None
+    """What sessions listen with: the STT server with the local model as its fallback."""
     llm: OpenAICompatLLM | None = None
     embedded_llm: EmbeddedLLMServer | None = None
     router: Any = None
@@ -94,6 +98,50 @@ def load_stt(settings: Settings) -> WhisperSTT:
         interim_interval=s.interim_interval,
         min_silence=s.min_silence,
     )  # fmt: skip
+
+
+def load_fallback_tts(settings: Settings) -> Any:
+    """Piper, when the `fallback` extra is installed (``tts.fallback`` auto) or asked for."""
+    choice = settings.tts.fallback
+    if choice == "none":
+        return None
+    try:
+        from plugins.piper import TTS as PiperTTS
+
+        return PiperTTS()
+    except ImportError:
+        if choice == "piper":
+            raise ValueError(
+                'tts.fallback is "piper" but piper-tts is not installed: '
+                'pip install -e ".[fallback]"'
+            ) from None
+        logger.info("no fallback TTS (install the `fallback` extra for Piper)")
+        return None
+
+
+def _with_fallback(kind: str, engines: list[Any], models: Models) -> Any:
+    """The framework's fallback adapter, with every switch logged and counted."""
+    from livekit.agents import stt as agents_stt
+    from livekit.agents import tts as agents_tts
+
+    from .metrics import FALLBACKS
+
+    if kind == "tts":
+        adapter: Any = agents_tts.FallbackAdapter(engines)
+    else:
+        adapter = agents_stt.FallbackAdapter(engines, vad=models.vad)
+
+    def changed(ev: Any) -> None:
+        engine = getattr(ev, kind)
+        name = f"{engine.provider}/{engine.model}"
+        if ev.available:
+            logger.info("%s engine %s is back", kind.upper(), name)
+        else:
+            FALLBACKS.labels(kind=kind, engine=name).inc()
+            logger.warning("%s engine %s failed; using the next one", kind.upper(), name)
+
+    adapter.on(f"{kind}_availability_changed", changed)
+    return adapter
 
 
 def load_tts(settings: Settings) -> Any:
@@ -180,15 +228,21 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
             timed("turn", t, "livekit turn-detector v1-mini (local)")
         if "stt" in wanted:
             t = time.perf_counter()
+            models.stt = load_stt(settings)
+            models.session_stt = models.stt
             if settings.stt.server_url:
-                models.stt = RemoteSTT(url=settings.stt.server_url, language=settings.stt.language)
-                timed("stt", t, f"STT server {settings.stt.server_url}")
+                remote = RemoteSTT(url=settings.stt.server_url, language=settings.stt.language)
+                models.session_stt = _with_fallback("stt", [remote, models.stt], models)
+                timed("stt", t, f"STT server {settings.stt.server_url}, local fallback")
             else:
-                models.stt = load_stt(settings)
                 timed("stt", t, f"faster-whisper {models.stt.model}")
         if "tts" in wanted:
             t = time.perf_counter()
             models.tts = load_tts(settings)
+            models.session_tts = models.tts
+            second = load_fallback_tts(settings)
+            if second is not None:
+                models.session_tts = _with_fallback("tts", [models.tts, second], models)
             on = f" on {settings.tts.server_url}" if settings.tts.server_url else ""
             timed("tts", t, f"kokoro voice {settings.tts.voice}{on}")
         if "llm" in wanted and settings.router.redis_url:

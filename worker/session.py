@@ -73,7 +73,7 @@ def create_session(
     )
     warmup = STOCK_ECHO_WARMUP_S if turn_profile == "livekit-defaults" else ECHO_WARMUP_S[profile]
     llm: Any = models.llm
-    tts: Any = models.tts
+    tts: Any = models.session_tts or models.tts
     if models.router is not None and session_id is not None:
         from dataclasses import replace
 
@@ -87,7 +87,7 @@ def create_session(
         if isinstance(tts, OrpheusTTS):  # the voice's LoRA lives on the session's node
             tts = OrpheusTTS(opts=replace(tts.opts, resolver=resolve), decoder=tts.decoder)
     return AgentSession(
-        stt=models.stt,
+        stt=models.session_stt or models.stt,
         vad=models.stock_vad() if turn_profile == "livekit-defaults" else models.vad,
         llm=llm,
         tts=tts,

@@ -98,6 +98,11 @@ class STTSettings(BaseModel):
 class TTSSettings(BaseModel):
     """Text to speech: Kokoro-82M (default) or Orpheus on a vLLM server."""
 
+    fallback: Literal["auto", "piper", "none"] = Field(
+        "auto",
+        description="Second engine when the first fails: `piper` (the `fallback` extra); "
+        "`auto` uses it when installed.",
+    )
     engine: Literal["kokoro", "orpheus"] = Field(
         "kokoro", description="`kokoro` (in process or a Kokoro server) or `orpheus` (vLLM)."
     )

@@ -65,6 +65,8 @@ class EmbeddedLLMServer:
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.restarts = 0
 
     @property
     def base_url(self) -> str:
@@ -105,8 +107,34 @@ class EmbeddedLLMServer:
         if self._proc is not None:
             return
         self._port = free_port(self._host)
+        await self._spawn(ready_within)
+        self._watch = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        """Restart a server that died (on the same port, so the base URL stays valid), with a
+        growing pause between restarts; calls meanwhile get the agent's apology."""
+        pause = 0.5
+        while True:
+            await asyncio.sleep(0.5)
+            proc = self._proc
+            if proc is None or proc.poll() is None:
+                continue
+            logger.warning("embedded LLM server died (code %s); restarting", proc.returncode)
+            self._proc = None
+            try:
+                await self._spawn(60.0)
+                self.restarts += 1
+                pause = 0.5
+            except (EmbeddedServerError, OSError) as e:
+                logger.error("embedded LLM server restart failed: %s", e)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
+
+    async def _spawn(self, ready_within: float) -> None:
         cmd = self._command()
         log: Any = subprocess.DEVNULL
+        if self._log_file is not None:  # a restart: the dead process's log handle
+            self._log_file.close()
         if self._log_path is not None:
             log = self._log_file = open(self._log_path, "ab")  # noqa: ASYNC230 (quick, local)
         logger.info("starting embedded LLM server on %s (%s)", self.base_url, self._model)
@@ -135,11 +163,17 @@ class EmbeddedLLMServer:
                             logger.info("embedded LLM server ready (pid %s)", self._proc.pid)
                             return
                 await asyncio.sleep(0.2)
-        self.stop()
+        self._terminate()
         raise EmbeddedServerError(f"embedded LLM server not ready after {ready_within:.0f}s")
 
     def stop(self, grace: float = 3.0) -> None:
-        """Stop the process group, politely first."""
+        """Stop the supervisor and the process group, politely first."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self._terminate(grace)
+
+    def _terminate(self, grace: float = 3.0) -> None:
         proc, self._proc = self._proc, None
         if self._log_file is not None:
             self._log_file.close()

@@ -1,0 +1,160 @@
+"""Faults injected into whole calls on the real models: the embedded LLM server killed in the
+middle of a reply, a broken TTS, and an STT server that is down."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from livekit.agents import APIConnectionError
+
+from plugins.llama_cpp.server import free_port
+from plugins.vllm import llm as vllm_llm
+from telephony.loopback import LoopbackCall
+from worker import records
+from worker.audio import read_wav, resample
+from worker.call import run_call
+from worker.metrics import FALLBACKS
+from worker.models import load_models
+from worker.settings import Settings
+
+pytestmark = [pytest.mark.models, pytest.mark.slow]
+
+
+def _pcm(espeak: Any, text: str) -> np.ndarray:
+    pcm, rate = read_wav(espeak(text))
+    return resample(pcm, rate, 16000)
+
+
+async def test_llm_killed_mid_reply_apology_then_the_next_turn_works(
+    settings: Settings, espeak: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.llm.max_tokens = 300
+    models = await load_models(settings)
+    server = models.embedded_llm
+    assert server is not None
+    call = LoopbackCall(records.new_call_id(), input_rate=16000)
+    call.start_listening()
+    armed = asyncio.Event()
+    killed_at: list[float] = []
+    apology_heard: list[float] = []
+    chunks = 0
+    original = vllm_llm.LLMStream._handle
+
+    def handle(self: Any, *args: Any) -> None:  # count the reply's streamed chunks
+        nonlocal chunks
+        original(self, *args)
+        if armed.is_set() and not killed_at:
+            chunks += 1
+            if chunks == 3:  # the server dies while it is writing the reply
+                os.killpg(server.pid or 0, signal.SIGKILL)
+                killed_at.append(time.time())
+
+    monkeypatch.setattr(vllm_llm.LLMStream, "_handle", handle)
+
+    def on_event(ev: dict[str, Any]) -> None:  # agent text arrives in step with its audio
+        if ev.get("type") == "agent_partial" and "Sorry" in str(ev.get("text")) and killed_at:
+            apology_heard.append(time.time())
+
+    call.on_event = on_event
+
+    async def caller() -> None:
+        await call.silence(3.5)
+        armed.set()
+        await call.play(_pcm(espeak, "Please tell me a long story about the sea."))
+        await call.silence(9.0)
+        await call.play(_pcm(espeak, "What time do you open tomorrow?"))
+        await call.silence(9.0)
+        call.mark_ended("caller_hangup")
+
+    script = asyncio.create_task(caller())
+    try:
+        result = await asyncio.wait_for(run_call(models, call, profile="telephony"), 90)
+        await script
+    finally:
+        await call.close()
+        await models.aclose()
+    assert killed_at, "the server was killed mid-reply"
+    assert apology_heard, "the caller heard the apology"
+    assert apology_heard[0] - killed_at[0] < 2.0, apology_heard[0] - killed_at[0]
+    assert server.restarts >= 1, "the embedded server came back"
+    recs = records.read_records(result.record.path)
+    agents = [r for r in recs if r.get("role") == "agent"][1:]
+    assert settings.agent.apology in agents[0]["text"]
+    later = [a for a in agents[1:] if a["text"].strip()]
+    assert later and all(settings.agent.apology not in a["text"] for a in later), agents
+    assert recs[-1]["reason"] == "caller_hangup"
+
+
+async def test_broken_tts_falls_back_to_piper(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = await load_models(settings)
+    assert models.session_tts is not models.tts, "Piper is installed as the fallback"
+
+    async def broken(*_: Any, **__: Any) -> np.ndarray:
+        raise APIConnectionError("kokoro is broken")
+
+    monkeypatch.setattr(models.tts, "synthesize_async", broken)
+    before = FALLBACKS.labels(kind="tts", engine="kokoro-onnx/kokoro-82m")._value.get()
+    call = LoopbackCall(records.new_call_id(), input_rate=16000)
+    call.start_listening()
+
+    async def caller() -> None:
+        await call.silence(6.0)
+        call.mark_ended("caller_hangup")
+
+    script = asyncio.create_task(caller())
+    try:
+        await asyncio.wait_for(run_call(models, call, profile="telephony"), 60)
+        await script
+        assert models.stt is not None
+        heard = resample(call.heard(), call.output_rate, 16000).astype(np.float32) / 32768
+        text = await models.stt.transcribe_async(heard)
+    finally:
+        await call.close()
+        await models.aclose()
+    assert "help" in text.lower(), f"the greeting was spoken by Piper: {text!r}"
+    after = FALLBACKS.labels(kind="tts", engine="kokoro-onnx/kokoro-82m")._value.get()
+    assert after == before + 1
+
+
+async def test_stt_server_down_falls_back_to_the_local_model(
+    settings: Settings, espeak: Any
+) -> None:
+    settings.stt.server_url = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
+    before = _fallbacks("stt")
+    models = await load_models(settings)
+    call = LoopbackCall(records.new_call_id(), input_rate=16000)
+    call.start_listening()
+
+    async def caller() -> None:
+        await call.silence(3.5)
+        await call.play(_pcm(espeak, "I would like to order a pizza for delivery tonight."))
+        await call.silence(6.0)
+        call.mark_ended("caller_hangup")
+
+    script = asyncio.create_task(caller())
+    try:
+        result = await asyncio.wait_for(run_call(models, call, profile="telephony"), 60)
+        await script
+    finally:
+        await call.close()
+        await models.aclose()
+    users = [r for r in records.read_records(result.record.path) if r.get("role") == "user"]
+    assert users and "pizza" in users[0]["text"].lower(), users
+    assert _fallbacks("stt") == before + 1, "the switch was counted"
+
+
+def _fallbacks(kind: str) -> float:
+    return sum(
+        s.value
+        for metric in FALLBACKS.collect()
+        for s in metric.samples
+        if s.name.endswith("_total") and s.labels.get("kind") == kind
+    )
