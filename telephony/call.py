@@ -26,6 +26,8 @@ class Call:
         self.end_reason = "hangup"
         self.on_dtmf: Callable[[str], None] | None = None
         self.on_event: Callable[[dict[str, object]], None] | None = None
+        self.closing = asyncio.Event()
+        """Set when the worker shuts down: the session says its closing line and hangs up."""
         self.record_fields: dict[str, object] = {}
         """Transport details worth keeping in the call record's ``call_start``."""
 

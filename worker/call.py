@@ -170,20 +170,40 @@ async def run_call(
         logger.info("call %s started (%s)", call.call_id, call.transport)
         ended = asyncio.ensure_future(call.ended.wait())
         sess_closed = asyncio.ensure_future(closed.wait())
-        await asyncio.wait({ended, sess_closed}, return_when=asyncio.FIRST_COMPLETED)
-        for fut in (ended, sess_closed):
+        closing = asyncio.ensure_future(call.closing.wait())
+        done, _ = await asyncio.wait(
+            {ended, sess_closed, closing}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if closing in done and not call.ended.is_set():
+            await _say_closing(session, call, settings.agent.closing)
+        for fut in (ended, sess_closed, closing):
             fut.cancel()
     finally:
-        with contextlib.suppress(Exception):
-            await session.aclose()
-        if sync is not None:
+        try:
             with contextlib.suppress(Exception):
-                await sync.aclose()  # its segment tasks would otherwise outlive the call
-        observer.detach()
-        if recorder is not None:
-            recorder.close()
-        record.end(call.end_reason)
-        call.mark_ended(call.end_reason)
-        logger.info("call %s ended (%s)", call.call_id, call.end_reason)
+                await asyncio.wait_for(session.aclose(), 10)
+            if sync is not None:
+                with contextlib.suppress(Exception):
+                    await sync.aclose()  # its segment tasks would otherwise outlive the call
+        finally:  # even when shutdown cancels us mid-close, the record gets its end
+            observer.detach()
+            if recorder is not None:
+                recorder.close()
+            record.end(call.end_reason)
+            call.mark_ended(call.end_reason)
+            logger.info("call %s ended (%s)", call.call_id, call.end_reason)
     chat = [m for m in session.history.items if isinstance(m, llm.ChatMessage)]
     return CallResult(record=record, observer=observer, speculation=speculation, chat=chat)
+
+
+async def _say_closing(session: AgentSession[Any], call: Call, text: str) -> None:
+    """The worker is going away: tell the caller, then hang up (bounded, never blocks exit)."""
+    logger.info("call %s: shutting down, saying the closing line", call.call_id)
+    try:
+        session.interrupt()
+        if text:
+            handle = session.say(text, allow_interruptions=False, add_to_chat_ctx=True)
+            await asyncio.wait_for(handle.wait_for_playout(), 20)
+    except Exception as e:  # shutting down regardless
+        logger.warning("call %s: closing line failed: %s", call.call_id, e)
+    await call.hangup("worker_shutdown")

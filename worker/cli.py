@@ -223,10 +223,19 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
             flush=True,
         )
         stop = asyncio.Event()
+        drain = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(
+            signal.SIGTERM, lambda: stop.set() if drain.is_set() else drain.set()
+        )
+        drain_task = asyncio.ensure_future(drain.wait())
+        stop_task = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({drain_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if drain.is_set() and not stop.is_set():
+            await _drain(settings, server, sip, stop)
+        drain_task.cancel()
+        stop_task.cancel()
         print("stopping...", file=sys.stderr)
     finally:
         if sip is not None:
@@ -234,6 +243,29 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
         await server.stop()
         await models.aclose()
     return 0
+
+
+async def _drain(
+    settings: Settings, server: LocalServer, sip: SipServer | None, stop: asyncio.Event
+) -> None:
+    """SIGTERM: admit no new calls, let active ones finish for ``drain_timeout`` seconds,
+    then have the agent say its closing line and end them. A second SIGTERM ends at once."""
+    server.draining = True
+    if sip is not None:
+        sip.draining = True
+    active = server.active_calls + (sip.active_calls if sip else 0)
+    print(f"draining: {active} calls may go on for {settings.drain_timeout:.0f}s", file=sys.stderr)
+    deadline = time.monotonic() + settings.drain_timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        if server.active_calls + (sip.active_calls if sip else 0) == 0:
+            return
+        await asyncio.sleep(0.2)
+    calls = server.calls() + (list(sip.calls.values()) if sip else [])
+    for call in calls:
+        call.closing.set()
+    ends = [asyncio.ensure_future(c.ended.wait()) for c in calls]
+    if ends:
+        await asyncio.wait(ends, timeout=25)
 
 
 async def _start_sip(settings: Settings, server: LocalServer) -> SipServer:

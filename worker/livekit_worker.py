@@ -4,7 +4,7 @@ Jobs run as threads of this process so that every call shares the one set of mod
 in prewarm; each job gets its own session, LLM client and call record. The worker reports its
 load as active calls over ``livekit.max_calls``, so LiveKit stops sending jobs to a full
 worker, and on SIGTERM it drains: no new jobs, active calls go on up to
-``livekit.drain_timeout`` seconds.
+``drain_timeout`` seconds.
 
 A phone caller (a SIP participant) gets the telephony profile and a :class:`CallInfo` from its
 attributes, and the agent waits until ``sip.callStatus`` is ``active`` before greeting. On an
@@ -207,7 +207,7 @@ def build_server(settings: Settings) -> AgentServer:
 
     server = AgentServer(
         job_executor_type=JobExecutorType.THREAD, setup_fnc=prewarm, load_fnc=load,
-        load_threshold=1.0, drain_timeout=lk.drain_timeout,
+        load_threshold=1.0, drain_timeout=int(settings.drain_timeout),
     )  # fmt: skip
 
     async def entrypoint(ctx: JobContext) -> None:

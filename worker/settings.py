@@ -58,6 +58,10 @@ class AgentSettings(BaseModel):
         "Thank you for calling. Goodbye!",
         description="Said before the agent hangs up (its end-call tool); empty to just hang up.",
     )
+    closing: str = Field(
+        "I'm sorry, I have to end our call now. Please call back in a moment. Goodbye.",
+        description="Said to callers still on the line when a shutdown's drain time runs out.",
+    )
     dtmf_gap: float = Field(
         1.5, description="Seconds after the last key press before the digits reach the LLM."
     )
@@ -368,9 +372,6 @@ class LiveKitSettings(BaseModel):
     token_ttl: int = Field(
         600, ge=30, le=86400, description="Seconds a web caller's access token is valid."
     )
-    drain_timeout: int = Field(
-        300, ge=0, description="Seconds active calls may go on after SIGTERM."
-    )
     greet_timeout: float = Field(
         60.0, description="Seconds to wait for a phone caller's call to become active."
     )
@@ -396,6 +397,11 @@ class Settings(BaseSettings):
         description="Models, call records and caches (`WORKER_DATA_DIR`, `--data-dir`).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    drain_timeout: float = Field(
+        300.0, ge=0,
+        description="After SIGTERM, seconds active calls may go on before the agent says "
+        "`agent.closing` and ends them; no new calls are admitted meanwhile.",
+    )  # fmt: skip
     http: HTTPSettings = HTTPSettings()
     agent: AgentSettings = AgentSettings()
     stt: STTSettings = STTSettings()

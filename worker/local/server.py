@@ -37,6 +37,7 @@ class LocalServer:
         self._models = models
         self._max_calls = max_calls
         self._calls: dict[str, Call] = {}
+        self._phone_calls: dict[str, Call] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self.draining = False
@@ -53,7 +54,11 @@ class LocalServer:
 
     @property
     def active_calls(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + len(self._phone_calls)
+
+    def calls(self) -> list[Call]:
+        """Every call in progress on this server (web, Twilio, and phone calls it runs)."""
+        return [*self._calls.values(), *self._phone_calls.values()]
 
     async def _page(self, _request: web.Request) -> web.Response:
         html = resources.files("worker.local").joinpath("static/index.html").read_text("utf-8")
@@ -79,7 +84,9 @@ class LocalServer:
             if not twilio.signature_valid(token, url, request.headers.get("X-Twilio-Signature")):
                 logger.warning("twilio stream refused: bad or missing signature")
                 return _error(403, "invalid X-Twilio-Signature")
-        if self.draining or self.active_calls >= self._max_calls:
+        if self.draining:
+            return _error(503, "the worker is shutting down; try again shortly")
+        if len(self._calls) >= self._max_calls:
             return _error(503, "busy")
         ws = web.WebSocketResponse(max_msg_size=twilio.MAX_MESSAGE_BYTES, heartbeat=30)
         await ws.prepare(request)
@@ -143,8 +150,8 @@ class LocalServer:
     async def _offer(self, request: web.Request) -> web.Response:
         if self.draining:
             return _error(503, "the worker is shutting down; try again shortly")
-        if self.active_calls >= self._max_calls:
-            return _error(503, f"busy: {self.active_calls} calls in progress")
+        if len(self._calls) >= self._max_calls:
+            return _error(503, f"busy: {len(self._calls)} calls in progress")
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -174,7 +181,11 @@ class LocalServer:
 
     async def run_phone_call(self, call: Call) -> None:
         """Hold a call that arrived on another transport (SIP) with the telephony profile."""
-        await self._run(call, "telephony")
+        self._phone_calls[call.call_id] = call
+        try:
+            await self._run(call, "telephony")
+        finally:
+            self._phone_calls.pop(call.call_id, None)
 
     async def _run(self, call: Call, profile: Profile = "web") -> None:
         try:
