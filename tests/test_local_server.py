@@ -39,7 +39,7 @@ AUDIO_NO_ICE = GOOD_HEADER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
         (json.dumps({"type": "offer"}).encode(), "missing 'sdp'"),
         (json.dumps({"sdp": "v=0", "type": "answer"}).encode(), "type 'offer'"),
         (json.dumps({"sdp": GOOD_HEADER, "type": "offer"}).encode(), "no audio"),
-        (json.dumps({"sdp": AUDIO_NO_ICE, "type": "offer"}).encode(), "invalid SDP offer"),
+        (json.dumps({"sdp": AUDIO_NO_ICE, "type": "offer"}).encode(), "no fingerprint"),
     ],
 )
 async def test_invalid_offer_gets_400_with_a_reason(
@@ -77,3 +77,28 @@ async def test_metrics_endpoint_serves_prometheus_text(base_url: str) -> None:
         "voice_agent_active_calls",
     ):
         assert name in body
+
+
+async def test_a_token_guards_the_page_offers_and_metrics(settings: Settings) -> None:
+    server = LocalServer(Models(settings=settings), token="s3cret-page-token")
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # like a browser, keep cookies from an IP-address host (aiohttp refuses by default)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            for path in ("/", "/metrics"):
+                assert (await http.get(url + path)).status == 401
+            assert (await http.post(url + "/offer", data=b"{}")).status == 401
+            assert (await http.get(url + "/?token=wrong")).status == 401
+            assert (await http.get(url + "/healthz")).status == 200  # stays open
+            page = await http.get(url + "/?token=s3cret-page-token")
+            assert page.status == 200
+            # the page's own requests now carry the cookie it was given
+            offer = await http.post(url + "/offer", data=b"not json")
+            assert offer.status == 400
+        async with aiohttp.ClientSession() as other:
+            auth = {"Authorization": "Bearer s3cret-page-token"}
+            assert (await other.get(url + "/metrics", headers=auth)).status == 200
+    finally:
+        await server.stop()

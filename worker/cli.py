@@ -189,12 +189,11 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
     from .local.server import LocalServer
     from .models import load_models
 
-    if settings.http.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning(
-            "the local page is reachable from other machines on %s and has no authentication "
-            "yet; anyone who can reach it can talk to the agent",
-            settings.http.host,
-        )
+    token = settings.http.token.get_secret_value()
+    if settings.http.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        import secrets
+
+        token = secrets.token_urlsafe(18)  # the page is reachable from elsewhere: lock it
     from .recording import prune
 
     gone = prune(settings.data_dir / "recordings", settings.records.audio_retention_days)
@@ -203,7 +202,7 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
     print("loading models...", file=sys.stderr)
     started = time.perf_counter()
     models = await load_models(settings)
-    server = LocalServer(models, max_calls=max_calls)
+    server = LocalServer(models, max_calls=max_calls, token=token)
     sip: SipServer | None = None
     try:
         try:
@@ -216,6 +215,8 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
         if settings.sip.listen:
             sip = await _start_sip(settings, server)
         url = f"http://{settings.http.host}:{settings.http.port}/"
+        if token:
+            url += "?token=" + (token if not settings.http.token.get_secret_value() else "<token>")
         sip_note = f" SIP calls to sip:agent@{sip.address[0]}:{sip.address[1]}." if sip else ""
         print(
             f"ready in {time.perf_counter() - started:.1f}s. Open {url} in a browser and "

@@ -36,6 +36,11 @@ class HTTPSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless told otherwise.")
     port: int = Field(8080, description="TCP port of the local page.")
+    token: SecretStr = Field(
+        SecretStr(""),
+        description="Access token for the page, offers and metrics; generated at startup when "
+        "the host is not loopback and none is set.",
+    )
 
 
 class AgentSettings(BaseModel):

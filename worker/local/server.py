@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 from importlib import resources
@@ -28,20 +29,22 @@ from .webrtc import OfferError, WebRTCCall
 logger = logging.getLogger("worker.local")
 
 MAX_OFFER_BYTES = 64 * 1024
+TOKEN_COOKIE = "voice_worker_token"
 
 
 class LocalServer:
     """The page, the offer endpoint and the calls it started."""
 
-    def __init__(self, models: Models, *, max_calls: int = 4) -> None:
+    def __init__(self, models: Models, *, max_calls: int = 4, token: str = "") -> None:
         self._models = models
+        self._token = token
         self._max_calls = max_calls
         self._calls: dict[str, Call] = {}
         self._phone_calls: dict[str, Call] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self.draining = False
-        self.app = web.Application(client_max_size=MAX_OFFER_BYTES)
+        self.app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[self._guard])
         self.app.add_routes(
             [
                 web.get("/", self._page),
@@ -51,6 +54,24 @@ class LocalServer:
                 web.get("/twilio/media", self._twilio),
             ]
         )
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With a token set, the page, offers and metrics need it: ``?token=`` once (then a
+        cookie), or ``Authorization: Bearer``. Health stays open; Twilio has its signature."""
+        if not self._token or request.path in ("/healthz", "/twilio/media"):
+            return await handler(request)
+        given = (
+            request.query.get("token")
+            or request.cookies.get(TOKEN_COOKIE)
+            or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        )
+        if not given or not hmac.compare_digest(given.encode(), self._token.encode()):
+            return _error(401, "this page needs its access token (?token=...)")
+        response = await handler(request)
+        if request.query.get("token"):
+            response.set_cookie(TOKEN_COOKIE, self._token, httponly=True, samesite="Strict")
+        return response
 
     @property
     def active_calls(self) -> int:
