@@ -96,6 +96,9 @@ def create_session(
         user_away_timeout=None,
         conn_options=SessionConnectOptions(
             llm_conn_options=llm_conn,
+            # speech engines: a short budget, then the fallback engine takes over
+            stt_conn_options=APIConnectOptions(max_retry=1, retry_interval=0.3, timeout=5.0),
+            tts_conn_options=APIConnectOptions(max_retry=1, retry_interval=0.3, timeout=5.0),
             # the agent apologises and carries on; a dead LLM must not end the call
             max_unrecoverable_errors=1000,
         ),
