@@ -45,12 +45,12 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.proc = psutil.Process(pid)
         self.samples: list[tuple[float, float, float, float]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         self.proc.cpu_percent()
         kids: dict[int, psutil.Process] = {}
-        while not self._stop.wait(0.5):
+        while not self._halt.wait(0.5):
             try:
                 cpu = self.proc.cpu_percent() / 100
                 rss = self.proc.memory_info().rss / 2**20
@@ -65,7 +65,7 @@ class Sampler(threading.Thread):
             self.samples.append((cpu, rss, kcpu, krss))
 
     def stop(self) -> dict[str, float]:
-        self._stop.set()
+        self._halt.set()
         self.join()
         if not self.samples:
             return {}
@@ -111,17 +111,20 @@ def start_servers(data: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, 
                    "WORKER_STT__SERVER_URL": f"ws://127.0.0.1:{wp}"}  # fmt: skip
 
 
-def v2v_of_new_calls(calls_dir: Path, seen: set[Path]) -> tuple[list[float], int]:
-    values: list[float] = []
-    ended = 0
-    for p in records.iter_calls(calls_dir):
-        if p in seen:
-            continue
-        seen.add(p)
-        recs = records.read_records(p)
-        ended += any(r["type"] == "call_end" for r in recs)
-        values += [r["voice_to_voice_ms"] for r in recs
-                   if r.get("role") == "agent" and r.get("voice_to_voice_ms")]  # fmt: skip
+def v2v_of_new_calls(calls_dir: Path, seen: set[Path], n: int) -> tuple[list[float], int]:
+    """Voice-to-voice of the calls that appeared since the last look, once they have ended
+    (a call's record gets its end a moment after the BYE)."""
+    deadline = time.monotonic() + 20
+    while True:
+        new = [p for p in records.iter_calls(calls_dir) if p not in seen]
+        recs = {p: records.read_records(p) for p in new}
+        ended = sum(any(r["type"] == "call_end" for r in rs) for rs in recs.values())
+        if ended >= n or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    seen.update(new)
+    values = [r["voice_to_voice_ms"] for rs in recs.values() for r in rs
+              if r.get("role") == "agent" and r.get("voice_to_voice_ms")]  # fmt: skip
     return values, ended
 
 
@@ -150,7 +153,7 @@ def main(levels: list[int], soak: int, remote: bool, out: Path) -> None:
             run = run_sipp(scenario, target, tmp, calls=n, rate=n, timeout=120)
             time.sleep(1.0)
             usage = sampler.stop()
-            v2v, ended = v2v_of_new_calls(data / "calls", seen)
+            v2v, ended = v2v_of_new_calls(data / "calls", seen, n)
             ok = run.returncode == 0 and ended == n
             row = {
                 "concurrency": n, "sipp_ok": run.returncode == 0, "calls_completed": ended,
