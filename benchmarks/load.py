@@ -32,6 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from plugins.llama_cpp.server import free_port  # noqa: E402
 from tests.sip_tools import caller_scenario, free_udp_port, run_sipp, wav_to_pcap  # noqa: E402
 from worker import records  # noqa: E402
 
@@ -83,7 +84,7 @@ def start_worker(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str]
     port = free_udp_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "dev", "--sip", f"127.0.0.1:{port}", "--http",
-         f"127.0.0.1:{free_udp_port()}", "--data-dir", str(data), "--log-level", "WARNING"],
+         f"127.0.0.1:{free_port()}", "--data-dir", str(data), "--log-level", "WARNING"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         env={**os.environ, "WORKER_SIP__MAX_CALLS": "64", **env},
     )  # fmt: skip

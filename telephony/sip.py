@@ -530,13 +530,8 @@ class SipServer(asyncio.DatagramProtocol):
             if ctype != "application/sdp":
                 self._respond(req, source, 415, headers=[("accept", "application/sdp")])
                 return
-            try:
-                neg = sdp.negotiate(sdp.parse(req.body), self.config.codecs)
-            except sdp.NoCommonCodec as e:
-                self._respond(req, source, 488, headers=[("warning", f'304 - "{e}"')])
-                return
-            except sdp.SdpError as e:
-                self._respond(req, source, 400, f"Bad SDP: {e}"[:60])
+            neg = self._negotiate(req, source)
+            if neg is None:
                 return
         call = SipCall(self, req, source)
         self.calls[req.call_id] = call
@@ -721,17 +716,22 @@ class SipServer(asyncio.DatagramProtocol):
         else:
             self._respond(req, source, 501)
 
+    def _negotiate(self, req: SipMessage, source: tuple[str, int]) -> sdp.Negotiated | None:
+        """Answer the SDP offer in ``req``, or send 488 (no common codec) / 400 and say None."""
+        try:
+            return sdp.negotiate(sdp.parse(req.body), self.config.codecs)
+        except sdp.NoCommonCodec as e:
+            self._respond(req, source, 488, headers=[("warning", f'304 - "{e}"')])
+        except sdp.SdpError as e:
+            self._respond(req, source, 400, f"Bad SDP: {e}"[:60])
+        return None
+
     def _reinvite(self, req: SipMessage, source: tuple[str, int], call: SipCall) -> None:
         """Keep-alive, hold/unhold or a new media address; the answer keeps our codecs."""
         assert call.sdp is not None and call.rtp is not None
         if req.body:
-            try:
-                neg = sdp.negotiate(sdp.parse(req.body), self.config.codecs)
-            except sdp.NoCommonCodec as e:
-                self._respond(req, source, 488, headers=[("warning", f'304 - "{e}"')])
-                return
-            except sdp.SdpError as e:
-                self._respond(req, source, 400, f"Bad SDP: {e}"[:60])
+            neg = self._negotiate(req, source)
+            if neg is None:
                 return
             self._apply(call.rtp, neg)
             body = call.sdp.answer(neg)

@@ -7,10 +7,11 @@ a scripted reply is what exercises the tool path end to end.
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 from aiohttp import web
+
+from plugins.llama_cpp.server import free_port
 
 
 async def tool_calling_llm(
@@ -49,8 +50,6 @@ async def tool_calling_llm(
     app.router.add_post("/v1/chat/completions", chat)
     runner = web.AppRunner(app)
     await runner.setup()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}/v1"

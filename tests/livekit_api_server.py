@@ -5,7 +5,6 @@ list calls see what earlier creates made."""
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,8 @@ from livekit import api
 from livekit.protocol import agent_dispatch as dispatch_pb
 from livekit.protocol import room as room_pb
 from livekit.protocol import sip as sip_pb
+
+from plugins.llama_cpp.server import free_port
 
 KEY, SECRET = "devkey", "devsecret-devsecret-devsecret-0123"
 
@@ -65,9 +66,7 @@ class FakeLiveKit:
         app.router.add_post("/twirp/{service}/{method}", self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self.url = f"http://127.0.0.1:{port}"
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from plugins.llama_cpp.server import free_port
 from plugins.orpheus import token_for
 
 
@@ -38,9 +38,7 @@ class OrpheusServer:
         app.router.add_post("/v1/completions", self._complete)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self.url = f"http://127.0.0.1:{port}/v1"
 
