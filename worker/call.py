@@ -22,7 +22,7 @@ from livekit.agents.voice.transcription import TranscriptSynchronizer
 
 from telephony.call import Call
 
-from . import records
+from . import memory, records
 from .agent import VoiceAgent
 from .metrics import CallObserver
 from .models import Models
@@ -192,6 +192,7 @@ async def run_call(
             record.end(call.end_reason)
             call.mark_ended(call.end_reason)
             logger.info("call %s ended (%s)", call.call_id, call.end_reason)
+    await asyncio.to_thread(memory.release)
     chat = [m for m in session.history.items if isinstance(m, llm.ChatMessage)]
     return CallResult(record=record, observer=observer, speculation=speculation, chat=chat)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
+import onnxruntime as ort
 from kokoro_onnx import Kokoro
 
 from .log import logger
@@ -33,5 +35,28 @@ def load_kokoro(model_path: str, voices_path: str) -> Kokoro:
         if model is None:
             logger.info("loading kokoro model %s", model_path)
             model = Kokoro(model_path, voices_path)
+            model.sess = _ShrinkingSession(model.sess)
             _models[key] = model
         return model
+
+
+class _ShrinkingSession:
+    """The ONNX session, with its CPU memory arena shrunk back after every run.
+
+    onnxruntime's arena keeps every block it ever allocated and grows in power-of-two steps
+    to fit the longest piece of text synthesised so far, so a worker taking call after call
+    climbed by ~130 MB at a time. Shrinking after each run hands the blocks back to the C
+    heap (which the worker trims after each call) at ~0.5% of synthesis time in a paired
+    comparison; turning the arena off instead tripled peak memory.
+    """
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+        self._run_options = ort.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        return self._session.run(output_names, input_feed, run_options or self._run_options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
