@@ -4,11 +4,13 @@ For each concurrency N, SIPp places N simultaneous calls (the caller waits out t
 says a line as mu-law RTP, waits for the reply, hangs up). The script reports calls completed,
 voice-to-voice P50/P95 from the worker's call records, and the worker's CPU and memory
 (sampled every 0.5 s; its embedded LLM server counted separately). The soak places calls one
-after another and reports memory growth from the first to the last call. With
+after another and reports memory growth from the first five calls to the last five, measured
+between calls once each call's record has ended (and its peak during calls). With
 ``--remote-models`` the speech models run in their own servers (``plugins.kokoro.server``,
 ``plugins.faster_whisper.server``), so the worker's own CPU per call is visible.
 
-    python benchmarks/load.py --concurrency 1,2,3,4 [--soak 100] [--remote-models]
+    python benchmarks/load.py --concurrency 1,2,3,4 [--remote-models]
+    python benchmarks/load.py --concurrency "" --soak 100      # -> results/soak.json
 """
 
 from __future__ import annotations
@@ -129,6 +131,17 @@ def v2v_of_new_calls(calls_dir: Path, seen: set[Path], n: int) -> tuple[list[flo
     return values, ended
 
 
+def settled_rss(proc: psutil.Process) -> float:
+    """The worker's memory between calls: once the last call's record has ended, the worker
+    hands freed memory back; the median of a few samples a second later is what it keeps."""
+    time.sleep(1.0)
+    samples = []
+    for _ in range(5):
+        samples.append(proc.memory_info().rss / 2**20)
+        time.sleep(0.1)
+    return statistics.median(samples)
+
+
 def main(levels: list[int], soak: int, remote: bool, out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="load-"))
     data = tmp / "data"
@@ -173,15 +186,22 @@ def main(levels: list[int], soak: int, remote: bool, out: Path) -> None:
             proc = psutil.Process(worker.pid)
             rss: list[float] = []
             done = 0
-            for _ in range(soak):
+            sampler = Sampler(worker.pid)
+            sampler.start()
+            for i in range(soak):
                 run = run_sipp(short, target, tmp, calls=1, rate=1, timeout=60)
-                done += run.returncode == 0
-                rss.append(proc.memory_info().rss / 2**20)
+                _, ended = v2v_of_new_calls(data / "calls", seen, 1)
+                done += run.returncode == 0 and ended == 1
+                rss.append(settled_rss(proc))
+                if (i + 1) % 10 == 0:
+                    print(f"soak: {i + 1}/{soak} calls, {done} completed, "
+                          f"worker {rss[-1]:.0f} MB", flush=True)  # fmt: skip
+            peak = sampler.stop().get("worker_rss_mb_max")
             first, last = statistics.mean(rss[:5]), statistics.mean(rss[-5:])
             results["soak"] = {
                 "calls": soak, "completed": done, "rss_mb_first5": round(first, 1),
                 "rss_mb_last5": round(last, 1), "growth_pct": round((last / first - 1) * 100, 1),
-                "rss_mb_series": [round(x, 1) for x in rss],
+                "rss_mb_peak_during_calls": peak, "rss_mb_series": [round(x, 1) for x in rss],
             }  # fmt: skip
             print(json.dumps({k: v for k, v in results["soak"].items()
                               if k != "rss_mb_series"}), flush=True)  # fmt: skip
@@ -193,23 +213,26 @@ def main(levels: list[int], soak: int, remote: bool, out: Path) -> None:
             worker.kill()
         for s in servers:
             s.terminate()
-    good = [r["concurrency"] for r in results["levels"]
-            if r["all_completed"] and (r["v2v_p95_ms"] or 1e9) < 2000]  # fmt: skip
-    results["largest_n_all_completed_p95_under_2s"] = max(good) if good else None
     results["machine"] = {"cpus": os.cpu_count()}
+    if levels:
+        good = [r["concurrency"] for r in results["levels"]
+                if r["all_completed"] and (r["v2v_p95_ms"] or 1e9) < 2000]  # fmt: skip
+        results["largest_n_all_completed_p95_under_2s"] = max(good) if good else None
+        print(f"largest N with every call completed and P95 < 2 s: "
+              f"{results['largest_n_all_completed_p95_under_2s']}")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"largest N with every call completed and P95 < 2 s: "
-          f"{results['largest_n_all_completed_p95_under_2s']} (written to {out})")  # fmt: skip
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--concurrency", default="1,2,3,4")
+    p.add_argument("--concurrency", default="1,2,3,4", help='"" for the soak alone')
     p.add_argument("--soak", type=int, default=0, help="sequential calls for the soak")
     p.add_argument("--remote-models", action="store_true")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
-    name = "load_remote.json" if a.remote_models else "load.json"
+    levels = [int(x) for x in a.concurrency.split(",") if x]
+    name = "soak.json" if not levels else "load_remote.json" if a.remote_models else "load.json"
     out = a.out or ROOT / "benchmarks/results" / name
-    main([int(x) for x in a.concurrency.split(",") if x], a.soak, a.remote_models, out)
+    main(levels, a.soak, a.remote_models, out)
