@@ -39,9 +39,9 @@ for b in blocks:
 pin = libc.malloc(64 * 1024)
 for b in blocks:
     libc.free(b)
-before = memory._rss_mb()
+before = memory.rss_mb()
 memory.release()
-print(json.dumps({"before": before, "after": memory._rss_mb()}))
+print(json.dumps({"before": before, "after": memory.rss_mb()}))
 """
     r = _run(code)
     assert r["before"] - r["after"] > 150, r  # 250 MB were freed
@@ -57,13 +57,13 @@ k = load_kokoro("{real_models_dir}/kokoro/kokoro-v1.0.int8.onnx",
                 "{real_models_dir}/kokoro/voices.npz")
 k.create("Hello there.", voice="af_heart")
 memory.release()
-base = memory._rss_mb()
+base = memory.rss_mb()
 long = ("Thanks for calling the shop, we open at nine tomorrow morning and we close at ten "
         "in the evening, and on Sundays we open at noon and close at six in the evening.")
 for _ in range(3):
     k.create(long, voice="af_heart")
 memory.release()
-print(json.dumps({{"base": base, "after": memory._rss_mb()}}))
+print(json.dumps({{"base": base, "after": memory.rss_mb()}}))
 """
     r = _run(code)
     assert r["after"] - r["base"] < 40, r

@@ -13,11 +13,12 @@ import ctypes
 import ctypes.util
 import gc
 import logging
-import os
 import time
 from typing import Any
 
-logger = logging.getLogger("voice-worker")
+import psutil
+
+logger = logging.getLogger("worker.memory")
 
 
 def _load_trim() -> Any:
@@ -36,24 +37,19 @@ def _load_trim() -> Any:
 _malloc_trim = _load_trim()
 
 
-def _rss_mb() -> float | None:
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
+def rss_mb() -> float:
+    """This process's resident memory in MB."""
+    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 def release() -> None:
     """Collect garbage and return free heap pages to the OS (blocking: run it off the loop)."""
     start = time.perf_counter()
-    before = _rss_mb()
+    before = rss_mb()
     gc.collect()
     if _malloc_trim is not None:
         _malloc_trim(0)
-    after = _rss_mb()
-    if before is not None and after is not None:
-        logger.debug(
-            "memory released after call: %.0f -> %.0f MB in %.0f ms",
-            before, after, (time.perf_counter() - start) * 1000,
-        )  # fmt: skip
+    logger.debug(
+        "memory released after call: %.0f -> %.0f MB in %.0f ms",
+        before, rss_mb(), (time.perf_counter() - start) * 1000,
+    )  # fmt: skip
