@@ -29,6 +29,7 @@ from livekit.agents.llm._provider_format.openai import to_fnc_ctx
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from .log import logger
+from .tool_text import ToolCallSplitter
 
 
 @dataclass
@@ -42,11 +43,35 @@ class LLMOptions:
     max_tokens: int = 120
     connect_timeout: float = 2.0
     timeout: float = 10.0
-    """Seconds allowed until the first token and between tokens."""
+    """Seconds allowed between tokens."""
+    first_token_timeout: float = 30.0
+    """Seconds allowed until the first token: the server may first have to read a long
+    prompt it has not cached (a cold system prompt on a slow CPU takes tens of seconds)."""
     extra_body: dict[str, Any] = field(default_factory=dict)
+    words_only_grammar: str | None = None
+    """A grammar (llama.cpp's GBNF) sent with ``tool_choice="none"``: a reply that may not
+    open as a tool call. Small models write a call's JSON even when told not to."""
     resolver: Callable[[str], Awaitable[str]] | None = None
     """Model (or LoRA voice) name -> base URL, asked per request: the router in
     ``infra.router``, which keeps a session on the GPU that holds its adapter."""
+
+
+async def first_served_model(base_url: str, api_key: str = "") -> str:
+    """The first model an endpoint lists at ``/models``: the name to use when none is set."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/") + "/models"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as http,
+            http.get(url, headers=headers) as resp,
+        ):
+            body = await resp.json(content_type=None) if resp.status == 200 else {}
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        raise APIConnectionError(f"cannot list the models of {base_url}: {e}") from e
+    models = body.get("data") if isinstance(body, dict) else None
+    if not models or not isinstance(models[0], dict) or not models[0].get("id"):
+        raise APIConnectionError(f"{url} lists no model; set llm.model")
+    return str(models[0]["id"])
 
 
 class LLM(llm.LLM):
@@ -93,6 +118,8 @@ class LLM(llm.LLM):
             body["tools"] = to_fnc_ctx(llm.ToolContext(tools), strict=False)
             if isinstance(tool_choice, str | dict):
                 body["tool_choice"] = tool_choice
+            if tool_choice == "none" and self._opts.words_only_grammar:
+                body["grammar"] = self._opts.words_only_grammar
         return LLMStream(
             self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options, body=body
         )
@@ -118,6 +145,7 @@ class LLMStream(llm.LLMStream):
         super().__init__(llm_, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
         self._llm_impl = llm_
         self._body = body
+        self._text_calls = ToolCallSplitter()
 
     async def _run(self) -> None:
         opts = self._llm_impl.options
@@ -143,9 +171,11 @@ class LLMStream(llm.LLMStream):
         url = base.rstrip("/") + "/chat/completions"
         request_id = uuid.uuid4().hex[:12]
         tool_calls: dict[int, dict[str, str]] = {}
+        self._text_calls = ToolCallSplitter()  # fresh on a retry
         started = time.perf_counter()
+        wait = opts.first_token_timeout
         try:
-            async with asyncio.timeout(opts.connect_timeout + opts.timeout):
+            async with asyncio.timeout(opts.connect_timeout + wait):
                 resp = await self._llm_impl._http().post(url, json=payload, headers=headers)
             async with resp:
                 if resp.status != 200:
@@ -157,7 +187,7 @@ class LLMStream(llm.LLMStream):
                         retryable=resp.status >= 500 or resp.status == 429,
                     )
                 while True:
-                    async with asyncio.timeout(opts.timeout):
+                    async with asyncio.timeout(wait):
                         line = await resp.content.readline()
                     if not line:
                         break
@@ -168,14 +198,20 @@ class LLMStream(llm.LLMStream):
                     if data == b"[DONE]":
                         break
                     self._handle(json.loads(data), request_id, tool_calls)
+                    wait = opts.timeout
         except TimeoutError as e:
             raise APITimeoutError(
-                f"LLM endpoint {opts.base_url} gave no token for {opts.timeout:.1f}s"
+                f"LLM endpoint {opts.base_url} gave no token for {wait:.1f}s"
             ) from e
         except aiohttp.ClientError as e:
             raise APIConnectionError(f"LLM endpoint {base} unreachable: {e}") from e
         except json.JSONDecodeError as e:
             raise APIConnectionError(f"LLM endpoint sent malformed data: {e}") from e
+        self._send_text(request_id, self._text_calls.finish())
+        for text_call in self._text_calls.calls:  # written as text: see tool_text
+            tool_calls[len(tool_calls)] = {
+                "id": "", "name": text_call.name, "arguments": text_call.arguments,
+            }  # fmt: skip
         for call in tool_calls.values():
             self._event_ch.send_nowait(
                 llm.ChatChunk(
@@ -219,12 +255,16 @@ class LLMStream(llm.LLMStream):
                 )
                 fn = tc.get("function") or {}
                 slot["id"] = tc.get("id") or slot["id"]
-                slot["name"] += fn.get("name") or ""
+                name = fn.get("name") or ""
+                if not slot["name"].endswith(name):  # llama.cpp repeats it in every delta
+                    slot["name"] += name
                 slot["arguments"] += fn.get("arguments") or ""
             content = delta.get("content")
             if content:
-                self._event_ch.send_nowait(
-                    llm.ChatChunk(
-                        id=request_id, delta=llm.ChoiceDelta(role="assistant", content=content)
-                    )
-                )
+                self._send_text(request_id, self._text_calls.feed(content))
+
+    def _send_text(self, request_id: str, text: str) -> None:
+        if text:
+            self._event_ch.send_nowait(
+                llm.ChatChunk(id=request_id, delta=llm.ChoiceDelta(role="assistant", content=text))
+            )
