@@ -10,17 +10,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 
 from ..vllm.log import logger
+
+WORDS_ONLY_GBNF = "root ::= [^{<] [^<]*"
+"""A reply that neither opens as a JSON tool call nor holds a ``<tool_call>`` tag."""
+
+
+@dataclass(frozen=True)
+class PromptEval:
+    cached_tokens: int
+    """Prompt tokens reused from the previous request's cache."""
+    evaluated_tokens: int
+    prompt_ms: float
+
+
+_PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit, remaining (\d+) prompt")
+_PROMPT_EVAL = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
+
+
+def parse_prompt_evals(log: str) -> list[PromptEval]:
+    """llama-cpp-python's verbose lines: a prefix hit (if any), then the prompt eval time."""
+    out: list[PromptEval] = []
+    cached = 0
+    for line in log.splitlines():
+        if m := _PREFIX_HIT.search(line):
+            cached = int(m[1])
+        elif m := _PROMPT_EVAL.search(line):
+            out.append(PromptEval(cached, int(m[2]), float(m[1])))
+            cached = 0
+    return out
 
 
 class EmbeddedServerError(RuntimeError):
@@ -50,8 +80,9 @@ class EmbeddedLLMServer:
         self,
         model: str,
         *,
-        alias: str = "smollm2",
+        alias: str = "qwen2.5-0.5b",
         threads: int = 2,
+        batch_threads: int | None = None,
         ctx: int = 4096,
         host: str = "127.0.0.1",
         log_path: Path | None = None,
@@ -59,6 +90,7 @@ class EmbeddedLLMServer:
         self._model = model
         self._alias = alias
         self._threads = threads
+        self._batch_threads = batch_threads or threads
         self._ctx = ctx
         self._host = host
         self._port = 0
@@ -92,8 +124,10 @@ class EmbeddedLLMServer:
             sys.executable, "-m", "llama_cpp.server",
             "--host", self._host, "--port", str(self._port),
             "--model_alias", self._alias,
-            "--n_threads", str(self._threads), "--n_threads_batch", str(self._threads),
-            "--n_ctx", str(self._ctx), "--verbose", "False",
+            "--n_threads", str(self._threads), "--n_threads_batch", str(self._batch_threads),
+            # verbose: the server logs, per request, how much of the prompt came from its
+            # cache and how long the rest took (prompt_evals reads it back)
+            "--n_ctx", str(self._ctx), "--verbose", "True",
         ]  # fmt: skip
         if ":" in self._model and not Path(self._model).exists():
             repo, filename = self._model.split(":", 1)
@@ -165,6 +199,13 @@ class EmbeddedLLMServer:
                 await asyncio.sleep(0.2)
         self._terminate()
         raise EmbeddedServerError(f"embedded LLM server not ready after {ready_within:.0f}s")
+
+    def prompt_evals(self) -> list[PromptEval]:
+        """Per request, in order: how much of the prompt came from the server's cache and how
+        long reading the rest took, as the server itself logged it (needs ``log_path``)."""
+        if self._log_path is None or not self._log_path.exists():
+            return []
+        return parse_prompt_evals(self._log_path.read_text(errors="replace"))
 
     def stop(self, grace: float = 3.0) -> None:
         """Stop the supervisor and the process group, politely first."""
