@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from datetime import date
 from typing import Any
 
 from livekit import rtc
@@ -21,12 +22,20 @@ from livekit.agents import Agent, APIError, RunContext, function_tool, llm, stt
 from livekit.agents.types import FlushSentinel
 from livekit.agents.voice.agent import ModelSettings
 
+from plugins.vllm import LLM as OpenAICompatLLM
 from telephony.call import Call, DigitCollector
 
+from .booking import BookingDecision, check_booking
+from .facts import BusinessFacts
+from .prompt import build_instructions, example_turns, forced_tool, turn_note
 from .settings import AgentSettings
 from .turns import BackchannelPolicy, SpeculationTracker
 
 logger = logging.getLogger("worker.agent")
+
+
+def _tool_names(tools: list[llm.Tool]) -> list[str]:
+    return [t.info.name for t in tools if isinstance(t, llm.FunctionTool | llm.RawFunctionTool)]
 
 
 def _current_handle_id() -> str | None:
@@ -57,7 +66,11 @@ class VoiceAgent(Agent):
                 tools.append(self._transfer_tool())
                 if warm_transfer:
                     tools.append(self._warm_transfer_tool())
-        super().__init__(instructions=settings.instructions, tools=tools)
+        if settings.facts is not None and settings.facts.booking is not None:
+            tools.append(self._booking_tool(settings.facts))
+        names = [t.info.name for t in tools]
+        super().__init__(instructions=build_instructions(settings, names), tools=tools)
+        self._examples = example_turns(settings, names)
         self._settings = settings
         self._call = call
         self._transfer_target = transfer_target
@@ -190,6 +203,41 @@ class VoiceAgent(Agent):
 
         return function_tool(warm_transfer_to_human)
 
+    def _booking_tool(self, facts: BusinessFacts) -> Any:
+        rules = facts.booking
+        assert rules is not None
+        party = rules.max_party is not None
+
+        async def make_booking(day: str, time: str, party_size: int) -> str:
+            """Book for the caller. Always call this before saying a booking is made.
+
+            Args:
+                day: The weekday, or today or tomorrow.
+                time: The time, like 7 pm or 19:30.
+                party_size: How many people.
+            """
+            decision = check_booking(facts, day, time, party_size, today=date.today())
+            logger.info("booking %s %s %s: %s", day, time, party_size, decision.message)
+            if self.on_booking is not None:
+                self.on_booking(decision)
+            return decision.message
+
+        async def make_appointment(day: str, time: str) -> str:
+            """Book for the caller. Always call this before saying a booking is made.
+
+            Args:
+                day: The weekday, or today or tomorrow.
+                time: The time, like 10 am or 14:30.
+            """
+            return await make_booking(day, time, 1)
+
+        tool = make_booking if party else make_appointment
+        return function_tool(tool, name="make_booking")
+
+    on_booking: Callable[[BookingDecision], None] | None = None
+    """Told of every booking decision (the eval and the call record listen)."""
+
+    _warm: asyncio.Task[None] | None = None
     voicemail: str | None = None
     """Set when an outbound call reached an answering machine: leave this and hang up."""
 
@@ -199,8 +247,40 @@ class VoiceAgent(Agent):
             if self._call is not None:
                 await self._call.hangup("voicemail_left")
             return
+        self._warm = asyncio.create_task(self._warm_llm_cache())
         if self._settings.greeting:
             self.session.say(self._settings.greeting, allow_interruptions=True)
+
+    async def llm_cache_warm(self) -> None:
+        """Wait until the warm-up request of :meth:`on_enter` has finished."""
+        if self._warm is not None:
+            await asyncio.shield(self._warm)
+
+    async def _warm_llm_cache(self) -> None:
+        """Have the LLM server read this call's prompt (instructions, tools, greeting) while
+        the greeting plays, so the first turn finds it cached like every later one.
+
+        The request is the first turn's prompt minus the caller's words, built the way the
+        framework builds it, so the server's prefix cache matches it token for token.
+        """
+        model = self.session.llm
+        if not isinstance(model, OpenAICompatLLM):
+            return
+        ctx = self.chat_ctx.copy()
+        if self._settings.greeting:
+            ctx.add_message(role="assistant", content=self._settings.greeting)
+        tools = [t for t in self.tools if isinstance(t, llm.Tool)]
+        ctx = self._request_ctx(ctx, _tool_names(tools))
+        try:
+            async with model.chat(
+                chat_ctx=ctx,
+                tools=tools,
+                extra_kwargs={"max_tokens": 1},
+            ) as stream:
+                async for _ in stream:
+                    pass
+        except Exception as e:  # only an optimisation: the turn itself reports failures
+            logger.debug("warming the LLM cache failed: %s", e)
 
     def _reply_active(self) -> bool:
         speech = self.session.current_speech
@@ -248,7 +328,25 @@ class VoiceAgent(Agent):
         tools: list[llm.Tool],
         model_settings: ModelSettings,
     ) -> AsyncGenerator[llm.ChatChunk | str | FlushSentinel, None]:
-        """The default LLM node, with the LLM's failure turned into a short apology."""
+        """The default LLM node, with each caller turn's note (`prompt.turn_note`) in place
+        and the LLM's failure turned into a short apology."""
+        names = _tool_names(tools)
+        said = [  # the caller's own words, before the notes go in
+            m.text_content or ""
+            for m in chat_ctx.items
+            if isinstance(m, llm.ChatMessage) and m.role == "user"
+        ]
+        last = chat_ctx.items[-1] if chat_ctx.items else None
+        caller_spoke_last = isinstance(last, llm.ChatMessage) and last.role == "user"
+        chat_ctx = self._request_ctx(chat_ctx, names)
+        if self._settings.guided_tools and names:
+            # no tool the words ask for, or a tool has just answered: reply in words
+            choice: llm.ToolChoice = "none"
+            chosen = forced_tool(names, said) if caller_spoke_last else None
+            if chosen is not None:
+                logger.debug("the caller's words ask for %s", chosen)
+                choice = {"type": "function", "function": {"name": chosen}}
+            model_settings = ModelSettings(tool_choice=choice)
         produced = False
         handle_id = _current_handle_id()
         stream: AsyncIterable[llm.ChatChunk | str | FlushSentinel] = Agent.default.llm_node(
@@ -264,6 +362,26 @@ class VoiceAgent(Agent):
             self.llm_failures += 1
             logger.warning("LLM failed (%s); apologising to the caller", e)
             yield (" " if produced else "") + self._settings.apology
+
+    def _request_ctx(self, chat_ctx: llm.ChatContext, tools: list[str]) -> llm.ChatContext:
+        """What the LLM is sent: the history with the example turns after the instructions
+        (`prompt.example_turns`) and every caller message followed by its note; the history
+        itself (and so the call record) keeps the caller's own words."""
+        today = date.today()
+        items: list[llm.ChatItem] = []
+        source = list(chat_ctx.items)
+        lead = 0
+        while lead < len(source) and getattr(source[lead], "role", None) == "system":
+            lead += 1
+        items += source[:lead]
+        items += self._examples
+        for item in source[lead:]:
+            if isinstance(item, llm.ChatMessage) and item.role == "user" and item.text_content:
+                note = turn_note(self._settings, tools, item.text_content, today)
+                if note:
+                    item = item.model_copy(update={"content": [f"{item.text_content}\n\n({note})"]})
+            items.append(item)
+        return llm.ChatContext(items)
 
     async def tts_node(
         self, text: AsyncIterable[str], model_settings: ModelSettings

@@ -19,9 +19,9 @@ from plugins.faster_whisper import WhisperOptions
 from plugins.faster_whisper.remote import RemoteSTT
 from plugins.kokoro import TTS as KokoroTTS
 from plugins.kokoro import KokoroOptions
-from plugins.llama_cpp import EmbeddedLLMServer
+from plugins.llama_cpp import WORDS_ONLY_GBNF, EmbeddedLLMServer
 from plugins.vllm import LLM as OpenAICompatLLM
-from plugins.vllm import LLMOptions
+from plugins.vllm import LLMOptions, first_served_model
 
 from . import assets
 from .settings import Settings
@@ -190,18 +190,24 @@ async def load_llm(settings: Settings) -> tuple[OpenAICompatLLM, EmbeddedLLMServ
     model = s.model
     if not base_url:
         gguf = assets.resolve(s.embedded_model, settings.models_dir)
+        model = model or s.embedded_model
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         server = EmbeddedLLMServer(
-            gguf, alias=model, threads=s.embedded_threads, ctx=s.embedded_ctx,
+            gguf, alias=model, threads=s.embedded_threads,
+            batch_threads=s.embedded_batch_threads, ctx=s.embedded_ctx,
             log_path=settings.data_dir / "embedded-llm.log",
         )  # fmt: skip
         await server.start()
         base_url = server.base_url
+    elif model is None:
+        model = await first_served_model(base_url, s.api_key.get_secret_value())
     llm = OpenAICompatLLM(
         opts=LLMOptions(
             base_url=base_url, model=model, api_key=s.api_key.get_secret_value(),
             temperature=s.temperature, max_tokens=s.max_tokens,
             connect_timeout=s.connect_timeout, timeout=s.timeout,
+            first_token_timeout=s.first_token_timeout,
+            words_only_grammar=WORDS_ONLY_GBNF if server is not None else None,
         )
     )  # fmt: skip
     return llm, server
@@ -259,7 +265,7 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
             t = time.perf_counter()
             models.llm, models.embedded_llm = await load_llm(settings)
             where = "embedded llama.cpp" if models.embedded_llm else settings.llm.base_url
-            timed("llm", t, f"{settings.llm.model} via {where}")
+            timed("llm", t, f"{models.llm.model} via {where}")
     except BaseException:
         await models.aclose()
         raise

@@ -23,6 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from worker.facts import BusinessFacts, load_facts
 from worker.turns.backchannel import DEFAULT_BACKCHANNELS
 
 
@@ -48,8 +49,16 @@ class AgentSettings(BaseModel):
 
     instructions: str = Field(
         "You are a friendly voice assistant on a phone line. Answer in one or two short "
-        "sentences of plain spoken English, without lists, markdown or emoji.",
-        description="System prompt given to the LLM.",
+        "sentences of plain spoken English, without lists, markdown or emoji. Say times and "
+        "numbers the way people say them, like nine thirty pm or twenty dollars.",
+        description="How the agent speaks and behaves; the facts and tool guidance for the "
+        "call are added after it (`worker/prompt.py`).",
+    )
+    facts: BusinessFacts | None = Field(
+        None,
+        description="The business's facts: a YAML file's path, or an inline table with "
+        "`business`, `kind`, `hours`, `booking` and `facts` (see `tests/evals/*.facts.yaml`). "
+        "Rendered into the prompt; the booking tool checks its rules.",
     )
     greeting: str = Field(
         "Hello! How can I help you today?",
@@ -74,6 +83,20 @@ class AgentSettings(BaseModel):
         "Please hold while I transfer you.",
         description="Said before a transfer to `sip.transfer_target`.",
     )
+
+    guided_tools: bool = Field(
+        True,
+        description="Pick the tool a caller's words ask for in code (a person, goodbye, a "
+        "booking with a day or time) and have the model fill in its arguments under a "
+        "grammar: small models miss or invent tool calls. Off: the model decides alone.",
+    )
+
+    @field_validator("facts", mode="before")
+    @classmethod
+    def _facts_file(cls, v: Any) -> Any:
+        if isinstance(v, str | Path) and str(v).strip():
+            return load_facts(Path(v).expanduser())
+        return v or None
 
 
 class STTSettings(BaseModel):
@@ -163,22 +186,43 @@ class LLMSettings(BaseModel):
         description="OpenAI-compatible base URL, e.g. `http://gpu-1:8000/v1`. Unset: the "
         "worker starts the embedded llama.cpp server.",
     )
-    model: str = Field("smollm2", description="Model (or LoRA adapter) name sent to the server.")
+    model: str | None = Field(
+        None,
+        description="Model (or LoRA adapter) name sent to the server; unset: the embedded "
+        "model's name, or the first model the server lists.",
+    )
     api_key: SecretStr = Field(SecretStr(""), description="Bearer key for the endpoint.")
-    temperature: float = Field(0.4, description="Sampling temperature.")
-    max_tokens: int = Field(120, description="Cap on tokens per reply; voice replies are short.")
+    temperature: float = Field(
+        0.0, description="Sampling temperature; 0 (greedy) keeps a small model to its facts."
+    )
+    max_tokens: int = Field(
+        80,
+        description="Cap on tokens per reply: a spoken reply is one or two sentences (about "
+        "40 tokens); the cap only stops a runaway.",
+    )
     connect_timeout: float = Field(2.0, description="Seconds to open a connection.")
-    timeout: float = Field(10.0, description="Seconds without a token before a reply fails.")
+    timeout: float = Field(10.0, description="Seconds between tokens before a reply fails.")
+    first_token_timeout: float = Field(
+        30.0,
+        description="Seconds to the first token before a reply fails: long enough for the "
+        "server to read a prompt it has not cached.",
+    )
     max_retries: int = Field(0, description="Retries of a failed request before apologising.")
     embedded_model: str = Field(
-        "smollm2",
-        description="GGUF for the embedded server: `smollm2` (offline asset), a local path, "
-        "or `owner/repo:file.gguf` on Hugging Face.",
+        "qwen2.5-0.5b",
+        description="GGUF for the embedded server: `qwen2.5-0.5b` (offline asset, default), "
+        "`qwen2.5-1.5b` or `smollm2` (offline assets, `download-files --with NAME`), a local "
+        "path, or `owner/repo:file.gguf` on Hugging Face.",
     )
     embedded_threads: int = Field(
         1,
-        description="CPU threads of the embedded server; one leaves a core for speech "
-        "synthesis, which the caller is waiting on.",
+        description="CPU threads generating tokens in the embedded server; one leaves a core "
+        "for speech synthesis, which runs at the same time.",
+    )
+    embedded_batch_threads: int = Field(
+        2,
+        description="CPU threads reading the prompt in the embedded server: prompt reading "
+        "happens while synthesis waits for the first words, so it may take both cores.",
     )
     embedded_ctx: int = Field(4096, description="Context length of the embedded server.")
 
