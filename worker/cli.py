@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check", parents=[common], help="load every model once and time it")
 
+    ev = sub.add_parser(
+        "eval", parents=[common], help="score the LLM on scripted text conversations"
+    )
+    ev.add_argument("file", type=Path, nargs="+", help="eval YAML file(s), e.g. tests/evals/*.yaml")
+    ev.add_argument("--json", type=Path, metavar="OUT.json", help="write the results as JSON")
+
     tr = sub.add_parser("transcribe", parents=[common], help="speech to text of one WAV file")
     tr.add_argument("file", type=Path)
 
@@ -296,37 +302,37 @@ def cmd_console(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def _console(settings: Settings) -> int:
-    from livekit.agents import llm
+    """The real agent (instructions, facts, tools) in a text-only session."""
+    from livekit.agents import AgentSession
+    from livekit.agents.voice.run_result import ChatMessageEvent, FunctionCallEvent, RunResult
 
+    from .agent import VoiceAgent
+    from .evals import TRANSFER_TARGET, EvalCall
     from .models import load_models
 
     models = await load_models(settings, ("llm",))
     assert models.llm is not None
-    ctx = llm.ChatContext.empty()
-    ctx.add_message(role="system", content=settings.agent.instructions)
+    call = EvalCall("console")
+    agent = VoiceAgent(settings.agent, call=call, transfer_target=TRANSFER_TARGET)
+    session: AgentSession[Any] = AgentSession(llm=models.llm)
     print(f"agent: {settings.agent.greeting}  (empty line or Ctrl+D to quit)", flush=True)
-    ctx.add_message(role="assistant", content=settings.agent.greeting)
+    await session.start(agent)
     loop = asyncio.get_running_loop()
     try:
-        while True:
+        while not call.ended.is_set():
             line = await loop.run_in_executor(None, _read_line)
             if not line:
                 break
-            ctx.add_message(role="user", content=line)
-            print("agent: ", end="", flush=True)
-            reply = ""
-            try:
-                async with models.llm.chat(chat_ctx=ctx) as stream:
-                    async for chunk in stream:
-                        if chunk.delta and chunk.delta.content:
-                            reply += chunk.delta.content
-                            print(chunk.delta.content, end="", flush=True)
-            except Exception as e:  # the console keeps going, like a call would
-                reply = settings.agent.apology
-                print(f"{reply} [{e}]", end="")
-            print(flush=True)
-            ctx.add_message(role="assistant", content=reply)
+            result: RunResult[None] = await session.run(user_input=line)
+            for ev in result.events:
+                if isinstance(ev, FunctionCallEvent):
+                    print(f"  [{ev.item.name}({ev.item.arguments})]", flush=True)
+                elif isinstance(ev, ChatMessageEvent) and ev.item.role == "assistant":
+                    print(f"agent: {ev.item.text_content}", flush=True)
+        for action, arg in call.actions:
+            print(f"  [call {action}: {arg}]", flush=True)
     finally:
+        await session.aclose()
         await models.aclose()
     return 0
 
@@ -463,6 +469,42 @@ async def _harness(settings: Settings, scenarios: list[Any], profiles: list[Any]
     return 0
 
 
+def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
+    from .evals import EvalError, load_eval
+
+    for path in args.file:
+        try:
+            load_eval(path)
+        except (EvalError, ValueError) as e:
+            raise CLIError(str(e)) from e
+    return asyncio.run(_eval(settings, args))
+
+
+async def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    from .evals import format_report, run_eval
+    from .models import load_models
+
+    models = await load_models(settings, ("llm",))
+    reports = []
+    try:
+        for path in args.file:
+            print(f"running {path}", file=sys.stderr, flush=True)
+            report = await run_eval(models, path)
+            print(format_report(report), flush=True)
+            reports.append(report)
+    finally:
+        await models.aclose()
+    met = sum(r.met for r in reports)
+    total = sum(r.total for r in reports)
+    print(f"total {met}/{total} = {met / total if total else 0:.0%}", flush=True)
+    if args.json:
+        out = {"model": reports[0].model if reports else None, "met": met, "total": total,
+               "files": [r.as_dict() for r in reports]}  # fmt: skip
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
 def cmd_calls(settings: Settings, args: argparse.Namespace) -> int:
     if args.export:
         try:
@@ -541,6 +583,7 @@ _COMMANDS = {
     "calls": cmd_calls,
     "web": cmd_web,
     "harness": cmd_harness,
+    "eval": cmd_eval,
 }
 
 with contextlib.suppress(Exception):

@@ -267,6 +267,7 @@ def _analyse(
                 "voice_to_voice_ms": round(t["v2v"], 1),
                 "speculative": {k: spec.get(k, 0) for k in ("started", "used", "cancelled")},
                 "wasted_tokens": spec.get("wasted_tokens", 0),
+                "timings": agent.get("timings") or {},
             }
         )
     interruptions: list[dict[str, Any]] = []
