@@ -34,8 +34,9 @@ fi
 EXTRAS=embedded-llm,orpheus,fallback,dev ./scripts/setup.sh
 # vLLM for the CPU in its own environment, for the router integration test (once per machine)
 ./scripts/setup-vllm.sh
-# the LiveKit web page's browser SDK (npm), so its test serves the real file
-.venv/bin/python -m worker download-files --with livekit-client >/dev/null
+# the LiveKit web page's browser SDK (npm), so its test serves the real file, and SmolLM2
+# (the vLLM router test serves it; the LLM plumbing tests run on it, being the fastest)
+.venv/bin/python -m worker download-files --with livekit-client --with smollm2 >/dev/null
 
 echo "==> ruff" >&2
 .venv/bin/ruff check .

@@ -17,6 +17,7 @@ from plugins.llama_cpp import EmbeddedLLMServer
 from plugins.llama_cpp.server import free_port
 from plugins.vllm import LLM, LLMOptions
 from worker import assets
+from worker.settings import Settings
 
 pytestmark = [pytest.mark.models, pytest.mark.asyncio(loop_scope="module")]
 
@@ -104,3 +105,79 @@ async def test_unreachable_endpoint_fails_fast_with_a_connection_error() -> None
                 pass
     await model.aclose()
     assert time.perf_counter() - t0 < 3.0
+
+
+EVALS = Path(__file__).parent / "evals"
+
+
+async def test_the_call_prompt_is_cached_before_the_first_turn(settings: Settings) -> None:
+    """The session warms the server with the call's prompt while the greeting plays, so the
+    first reply reads only the caller's words, like every later one. Measured on the server's
+    own log: tokens taken from its cache and tokens read, per request."""
+    from livekit.agents import AgentSession
+
+    from worker.agent import VoiceAgent
+    from worker.evals import EvalCall
+    from worker.facts import load_facts
+    from worker.models import load_models
+
+    settings.agent.facts = load_facts(EVALS / "restaurant.facts.yaml")
+    models = await load_models(settings, ("llm",))
+    server = models.embedded_llm
+    assert server is not None and models.llm is not None
+    agent = VoiceAgent(settings.agent, call=EvalCall("warm"))
+    session: AgentSession[None] = AgentSession(llm=models.llm)
+    try:
+        await session.start(agent)
+        if session.current_speech is not None:
+            await session.current_speech.wait_for_playout()
+        await agent.llm_cache_warm()
+        warm = server.prompt_evals()
+        assert warm, "the warm-up request reached the server before any turn"
+        for question in ("Is there somewhere to park?", "Where are you?", "Do you allow dogs?"):
+            await session.run(user_input=question)
+    finally:
+        await session.aclose()
+        await models.aclose()
+    cold = warm[-1]
+    turns = server.prompt_evals()[len(warm) :]
+    assert len(turns) == 3, turns
+    assert cold.evaluated_tokens > 400, f"the warm-up read the whole prompt: {cold}"
+    first, later = turns[0], turns[1:]
+    assert first.cached_tokens >= cold.evaluated_tokens - 5, (cold, first)
+    assert first.evaluated_tokens < 60, f"the first turn read only the caller's words: {first}"
+    # the server's own timing: the first turn costs about what later turns cost, a small
+    # fraction of the cold prompt (a wide margin: a busy machine slows all of them alike)
+    assert first.prompt_ms < 4 * max(t.prompt_ms for t in later) + 500, (first, later)
+    assert first.prompt_ms < cold.prompt_ms / 3, (first, cold)
+
+
+async def test_tool_calls_with_the_default_model(settings: Settings, tmp_path: Path) -> None:
+    """The default model, through the OpenAI-compatible API, calls the booking tool (whose
+    rules refuse ten people), transfers to a person and ends the call."""
+    from worker.evals import run_eval
+    from worker.models import load_models
+
+    spec = tmp_path / "tools.yaml"
+    spec.write_text(
+        f"name: tools\nfacts: {EVALS / 'restaurant.facts.yaml'}\nconversations:\n"
+        "  - name: too-many\n    turns:\n"
+        "      - user: Can I book a table for ten people on Sunday at ten pm?\n"
+        "        expect: {tools: [{name: make_booking, args: {party_size: 10}}],"
+        " not_match: ['(?i)(is|are|you are|you.re) (all )?(booked|confirmed|set)']}\n"
+        "  - name: person\n    turns:\n"
+        "      - user: Can I speak to a real person, please?\n"
+        "        expect: {tools: [{name: transfer_to_human}]}\n"
+        "  - name: bye\n    turns:\n"
+        "      - user: Thanks, that's all. Goodbye!\n"
+        "        expect: {tools: [{name: end_call}]}\n"
+    )
+    models = await load_models(settings, ("llm",))
+    try:
+        report = await run_eval(models, spec)
+    finally:
+        await models.aclose()
+    failed = [(t.user, c.what, t.reply) for t in report.turns for c in t.checks if not c.ok]
+    assert not failed, failed
+    booking = report.turns[0].tools
+    assert booking and booking[0][0] == "make_booking"
