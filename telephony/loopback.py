@@ -29,6 +29,9 @@ class LoopbackCall(Call):
         self._heard: list[np.ndarray] = []
         self._listener: asyncio.Task[None] | None = None
         self.t0 = time.time()
+        self.agent_turns = 0
+        self.agent_speeches = 0
+        self.agent_state = "initializing"
 
     def start_listening(self) -> None:
         """Pull the agent's audio in real time until the call ends."""
@@ -58,6 +61,30 @@ class LoopbackCall(Call):
 
     async def silence(self, seconds: float) -> None:
         await self.play(np.zeros(int(seconds * self.input_rate), dtype=np.int16))
+
+    def send_event(self, event: dict[str, object]) -> None:
+        """Kept, so a scripted caller can wait on what the agent did (and passed on)."""
+        if event.get("type") == "turn" and event.get("role") == "agent":
+            self.agent_turns += 1
+        elif event.get("type") == "agent_state":
+            self.agent_state = str(event.get("state"))
+            if self.agent_state == "speaking":
+                self.agent_speeches += 1
+        super().send_event(event)
+
+    async def silence_until_reply(self, replies: int, limit: float = 90.0) -> bool:
+        """Stay silent, in real time, until the agent has finished ``replies`` turns (the
+        greeting counts) and stopped speaking, or ``limit`` seconds passed. A caller who
+        waits for the reply, not for a fixed time: how long a reply takes is the machine's
+        business, not the test's."""
+        deadline = time.monotonic() + limit
+        step = np.zeros(self.input_rate * 100 // 1000, dtype=np.int16)
+        while time.monotonic() < deadline and not self.ended.is_set():
+            done = self.agent_turns >= replies and self.agent_speeches >= replies
+            if done and self.agent_state != "speaking":
+                return True
+            await self.play(step)
+        return self.agent_turns >= replies
 
     def heard(self) -> np.ndarray:
         """Everything the caller has heard so far (int16 at ``output_rate``)."""

@@ -44,6 +44,21 @@ def data_dir(tmp_path: Path, real_models_dir: Path) -> Path:
 
 @pytest.fixture
 def settings(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Default settings, except that calls think with SmolLM2-135M, the fastest real model.
+
+    These tests are about transports, turn-taking, faults and records; the LLM only has to
+    answer. On a loaded 2-core machine the default 0.5B model needs seconds per reply and a
+    cold prompt per new server, which makes a real-time call test slow for nothing. What the
+    default model does is tested in `test_llm.py` and measured by `python -m worker eval`.
+    """
+    for var in ("WORKER_CONFIG", "LIVEKIT_URL", "WORKER_LLM__BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return load_settings(data_dir=data_dir, llm={"embedded_model": "smollm2"})
+
+
+@pytest.fixture
+def default_llm_settings(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings exactly as a new user gets them, the default LLM included."""
     for var in ("WORKER_CONFIG", "LIVEKIT_URL", "WORKER_LLM__BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     return load_settings(data_dir=data_dir)

@@ -22,24 +22,25 @@ pytestmark = [pytest.mark.models, pytest.mark.slow]
 
 
 async def _converse(
-    settings: Settings, utterances: list[Path], gap: float = 7.0
+    settings: Settings, utterances: list[Path], gap: float = 1.0
 ) -> tuple[list[dict], str]:  # type: ignore[type-arg]
-    """Greeting, then each utterance followed by ``gap`` seconds for the reply."""
+    """Greeting, then each utterance; the caller waits for each reply, then ``gap`` seconds."""
     models = await load_models(settings)
     call = LoopbackCall(records.new_call_id(), input_rate=16000)
     call.start_listening()
 
     async def caller() -> None:
-        await call.silence(3.5)  # the greeting plays
-        for path in utterances:
+        await call.silence_until_reply(1)  # the greeting plays
+        for i, path in enumerate(utterances):
             samples, rate = load_pcm(path)
             await call.play(resample(samples, rate, 16000))
+            await call.silence_until_reply(i + 2)
             await call.silence(gap)
         call.mark_ended("caller_hangup")
 
     script = asyncio.create_task(caller())
     try:
-        result = await asyncio.wait_for(run_call(models, call, profile="telephony"), 120)
+        result = await asyncio.wait_for(run_call(models, call, profile="telephony"), 300)
         await script
         assert models.stt is not None
         heard = call.heard()

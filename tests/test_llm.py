@@ -110,7 +110,9 @@ async def test_unreachable_endpoint_fails_fast_with_a_connection_error() -> None
 EVALS = Path(__file__).parent / "evals"
 
 
-async def test_the_call_prompt_is_cached_before_the_first_turn(settings: Settings) -> None:
+async def test_the_call_prompt_is_cached_before_the_first_turn(
+    default_llm_settings: Settings,
+) -> None:
     """The session warms the server with the call's prompt while the greeting plays, so the
     first reply reads only the caller's words, like every later one. Measured on the server's
     own log: tokens taken from its cache and tokens read, per request."""
@@ -121,6 +123,7 @@ async def test_the_call_prompt_is_cached_before_the_first_turn(settings: Setting
     from worker.facts import load_facts
     from worker.models import load_models
 
+    settings = default_llm_settings
     settings.agent.facts = load_facts(EVALS / "restaurant.facts.yaml")
     models = await load_models(settings, ("llm",))
     server = models.embedded_llm
@@ -152,7 +155,9 @@ async def test_the_call_prompt_is_cached_before_the_first_turn(settings: Setting
     assert first.prompt_ms < cold.prompt_ms / 3, (first, cold)
 
 
-async def test_tool_calls_with_the_default_model(settings: Settings, tmp_path: Path) -> None:
+async def test_tool_calls_with_the_default_model(
+    default_llm_settings: Settings, tmp_path: Path
+) -> None:
     """The default model, through the OpenAI-compatible API, calls the booking tool (whose
     rules refuse ten people), transfers to a person and ends the call."""
     from worker.evals import run_eval
@@ -172,7 +177,7 @@ async def test_tool_calls_with_the_default_model(settings: Settings, tmp_path: P
         "      - user: Thanks, that's all. Goodbye!\n"
         "        expect: {tools: [{name: end_call}]}\n"
     )
-    models = await load_models(settings, ("llm",))
+    models = await load_models(default_llm_settings, ("llm",))
     try:
         report = await run_eval(models, spec)
     finally:

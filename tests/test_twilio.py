@@ -135,10 +135,19 @@ async def test_phone_call_over_media_streams(settings: Settings, espeak) -> None
                     )  # fmt: skip
                     await asyncio.sleep(0.02)
 
-            await send(np.zeros(8000 * 4, np.int16))  # the greeting plays
+            for _ in range(int(120 / 0.5)):  # the greeting plays; its mark follows it
+                await send(np.zeros(8000 // 2, np.int16))
+                if "mark" in events:
+                    break
             await ws.send_json({"event": "dtmf", "streamSid": "MZtest", "dtmf": {"digit": "5"}})
             await send(caller)
-            await send(np.zeros(8000 * 8, np.int16))
+            # the caller waits for the reply (a mark follows it), not a fixed time
+            marks = events.count("mark")
+            for _ in range(int(120 / 0.5)):
+                if events.count("mark") > marks:
+                    break
+                await send(np.zeros(8000 // 2, np.int16))
+            await send(np.zeros(8000, np.int16))
             await ws.send_json({"event": "stop", "streamSid": "MZtest", "stop": {}})
             await asyncio.wait_for(receiver, 10)
     finally:

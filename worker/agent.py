@@ -12,6 +12,7 @@ framework cuts the reply and keeps in the history only what the caller heard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from datetime import date
@@ -20,6 +21,7 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import Agent, APIError, RunContext, function_tool, llm, stt
 from livekit.agents.types import FlushSentinel
+from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.agent import ModelSettings
 
 from plugins.vllm import LLM as OpenAICompatLLM
@@ -247,18 +249,20 @@ class VoiceAgent(Agent):
             if self._call is not None:
                 await self._call.hangup("voicemail_left")
             return
-        self._warm = asyncio.create_task(self._warm_llm_cache())
+        greeting = None
         if self._settings.greeting:
-            self.session.say(self._settings.greeting, allow_interruptions=True)
+            greeting = self.session.say(self._settings.greeting, allow_interruptions=True)
+        self._warm = asyncio.create_task(self._warm_llm_cache(greeting))
 
     async def llm_cache_warm(self) -> None:
         """Wait until the warm-up request of :meth:`on_enter` has finished."""
         if self._warm is not None:
             await asyncio.shield(self._warm)
 
-    async def _warm_llm_cache(self) -> None:
-        """Have the LLM server read this call's prompt (instructions, tools, greeting) while
-        the greeting plays, so the first turn finds it cached like every later one.
+    async def _warm_llm_cache(self, greeting: SpeechHandle | None = None) -> None:
+        """Have the LLM server read this call's prompt (instructions, tools, greeting) once
+        the greeting is out, so the first turn finds it cached like every later one. After
+        the greeting: on two cores, reading a cold prompt would slow its synthesis.
 
         The request is the first turn's prompt minus the caller's words, built the way the
         framework builds it, so the server's prefix cache matches it token for token.
@@ -266,6 +270,11 @@ class VoiceAgent(Agent):
         model = self.session.llm
         if not isinstance(model, OpenAICompatLLM):
             return
+        if greeting is not None:
+            with contextlib.suppress(Exception):
+                await greeting.wait_for_playout()
+            if greeting.interrupted:  # the caller is talking: leave the cores to listening
+                return
         ctx = self.chat_ctx.copy()
         if self._settings.greeting:
             ctx.add_message(role="assistant", content=self._settings.greeting)
@@ -339,7 +348,7 @@ class VoiceAgent(Agent):
         last = chat_ctx.items[-1] if chat_ctx.items else None
         caller_spoke_last = isinstance(last, llm.ChatMessage) and last.role == "user"
         chat_ctx = self._request_ctx(chat_ctx, names)
-        if self._settings.guided_tools and names:
+        if self._settings.guided_tools and names:  # None only before Settings resolves it
             # no tool the words ask for, or a tool has just answered: reply in words
             choice: llm.ToolChoice = "none"
             chosen = forced_tool(names, said) if caller_spoke_last else None

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from livekit.agents import APIConnectionError
 from livekit.agents import vad as agents_vad
 
 from plugins.faster_whisper import STT as WhisperSTT
@@ -200,7 +201,11 @@ async def load_llm(settings: Settings) -> tuple[OpenAICompatLLM, EmbeddedLLMServ
         await server.start()
         base_url = server.base_url
     elif model is None:
-        model = await first_served_model(base_url, s.api_key.get_secret_value())
+        try:
+            model = await first_served_model(base_url, s.api_key.get_secret_value())
+        except APIConnectionError as e:  # the worker still starts: calls get the apology
+            logger.warning("%s; sending model name 'default' until llm.model is set", e)
+            model = "default"
     llm = OpenAICompatLLM(
         opts=LLMOptions(
             base_url=base_url, model=model, api_key=s.api_key.get_secret_value(),

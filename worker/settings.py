@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -84,11 +84,12 @@ class AgentSettings(BaseModel):
         description="Said before a transfer to `sip.transfer_target`.",
     )
 
-    guided_tools: bool = Field(
-        True,
+    guided_tools: bool | None = Field(
+        None,
         description="Pick the tool a caller's words ask for in code (a person, goodbye, a "
         "booking with a day or time) and have the model fill in its arguments under a "
-        "grammar: small models miss or invent tool calls. Off: the model decides alone.",
+        "grammar: small models miss or invent tool calls. Off: the model decides alone. "
+        "Unset: on for the embedded LLM, off with `llm.base_url`.",
     )
 
     @field_validator("facts", mode="before")
@@ -462,6 +463,12 @@ class Settings(BaseSettings):
     router: RouterSettings = RouterSettings()
     records: RecordsSettings = RecordsSettings()
     livekit: LiveKitSettings = LiveKitSettings()
+
+    @model_validator(mode="after")
+    def _guided_tools_default(self) -> Settings:
+        if self.agent.guided_tools is None:  # the embedded model is a small one
+            self.agent.guided_tools = self.llm.base_url is None
+        return self
 
     @property
     def models_dir(self) -> Path:

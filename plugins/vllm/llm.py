@@ -150,6 +150,9 @@ class LLMStream(llm.LLMStream):
     async def _run(self) -> None:
         opts = self._llm_impl.options
         messages, _ = self._chat_ctx.to_provider_format("openai")
+        for message in messages:  # many chat templates read every message's content
+            if message.get("content") is None:
+                message["content"] = ""
         payload = {
             "model": opts.model,
             "messages": messages,
