@@ -75,13 +75,13 @@ def test_a_question_no_fact_covers_gets_the_dont_know_note(restaurant: BusinessF
 @pytest.mark.parametrize(
     ("day", "time", "party", "accepted", "reason"),
     [
-        ("Friday", "7 pm", 4, True, "Booked: a table for 4 on Friday at 7 pm"),
-        ("Sunday", "ten pm", 10, False, "at most 8 people"),
-        ("Sunday", "8:30 pm", 2, False, "last booking starts at 8 pm"),
-        ("monday", "19:00", 2, False, "closed on Monday"),
+        ("Friday", "7 pm", 4, True, "booked: a table for 4 on Friday at 7 pm"),
+        ("Sunday", "ten pm", 10, False, "only take 8 people"),
+        ("Sunday", "8:30 pm", 2, False, "last booking is at 8 pm"),
+        ("monday", "19:00", 2, False, "closed on Mondays"),
         ("tomorrow", "seven", "two", True, "Wednesday at 7 pm"),
-        ("someday", "7 pm", 2, False, "Unclear day"),
-        ("Friday", "late", 2, False, "Unclear time"),
+        ("someday", "7 pm", 2, False, "Which day"),
+        ("Friday", "late", 2, False, "What time"),
     ],
 )
 def test_booking_rules_are_enforced_in_code(
@@ -131,7 +131,7 @@ def test_examples_follow_the_business_and_its_tools(restaurant: BusinessFacts) -
     calls = [i.name for i in with_tools if getattr(i, "type", "") == "function_call"]
     assert calls == ["make_booking", "transfer_to_human"]
     outputs = [i.output for i in with_tools if getattr(i, "type", "") == "function_call_output"]
-    assert outputs[0].startswith("Booked:"), "the example booking is one the rules accept"
+    assert outputs[0].startswith("That's booked:"), "the example booking is one the rules accept"
     assert not [i for i in example_turns(agent, []) if getattr(i, "type", "") != "message"]
     assert example_turns(AgentSettings(), []) == []
 

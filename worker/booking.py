@@ -95,7 +95,8 @@ def parse_time(text: str) -> tuple[int, bool] | None:
 
 @dataclass(frozen=True)
 class BookingDecision:
-    """The tool's verdict and the sentence handed back to the model."""
+    """The tool's verdict and the sentence handed back to the model: one a caller may hear
+    as it is, since a small model often relays a tool's answer word for word."""
 
     accepted: bool
     message: str
@@ -110,21 +111,20 @@ def check_booking(
     """Accept or decline a booking by the facts file's rules."""
     rules = facts.booking
     if rules is None:
-        return BookingDecision(False, "Bookings are not taken; offer to transfer the caller.")
+        return BookingDecision(False, "Sorry, we don't take bookings.")
     weekday = parse_day(day, today)
     if weekday is None:
-        return BookingDecision(False, f"Unclear day {day!r}: ask the caller which day.")
+        return BookingDecision(False, "Which day would you like?")
     hours = facts.opening(weekday)
     if hours is None:
         return BookingDecision(
             False,
-            f"Declined: {facts.business} is closed on {weekday.title()}. "
-            f"Opening hours: {facts.spoken_hours()} Offer another day.",
+            f"Sorry, we're closed on {weekday.title()}s. Another day, perhaps?",
             weekday,
         )
     parsed = parse_time(time)
     if parsed is None:
-        return BookingDecision(False, f"Unclear time {time!r}: ask the caller what time.", weekday)
+        return BookingDecision(False, "What time would you like?", weekday)
     minute, certain = parsed
     opens, closes = hours
     last = closes - rules.last_booking_before_close
@@ -132,14 +132,11 @@ def check_booking(
         minute += 12 * 60  # "seven" at a restaurant open until ten means 7 pm
     party = parse_party(party_size) if party_size not in (None, "") else 1
     if party is None or party < 1:
-        return BookingDecision(
-            False, f"Unclear party size {party_size!r}: ask how many people.", weekday, minute
-        )
+        return BookingDecision(False, "How many people will it be?", weekday, minute)
     if rules.max_party is not None and party > rules.max_party:
         return BookingDecision(
             False,
-            f"Declined: at most {rules.max_party} people per booking, the caller asked for "
-            f"{party}. Offer a smaller group or a transfer to a colleague.",
+            f"Sorry, we can only take {rules.max_party} people per booking, not {party}.",
             weekday,
             minute,
             party,
@@ -147,9 +144,8 @@ def check_booking(
     if not opens <= minute <= last:
         return BookingDecision(
             False,
-            f"Declined: on {weekday.title()} {facts.business} is open {spoken_time(opens)} to "
-            f"{spoken_time(closes)}, and the last booking starts at {spoken_time(last)}. "
-            f"{spoken_time(minute).capitalize()} is not possible; offer a time in that range.",
+            f"Sorry, on {weekday.title()} we're open {spoken_time(opens)} to "
+            f"{spoken_time(closes)}, and the last booking is at {spoken_time(last)}.",
             weekday,
             minute,
             party,
@@ -157,8 +153,7 @@ def check_booking(
     people = f" for {party}" if rules.max_party is not None else ""
     return BookingDecision(
         True,
-        f"Booked: {rules.what}{people} on {weekday.title()} at {spoken_time(minute)}. "
-        "Tell the caller it is booked.",
+        f"That's booked: {rules.what}{people} on {weekday.title()} at {spoken_time(minute)}.",
         weekday,
         minute,
         party,
