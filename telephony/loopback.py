@@ -86,6 +86,18 @@ class LoopbackCall(Call):
             await self.play(step)
         return self.agent_turns >= replies
 
+    async def silence_until_next_reply(self, limit: float = 90.0) -> bool:
+        """Stay silent until the agent has spoken once more and finished, or ``limit``."""
+        turns, speeches = self.agent_turns, self.agent_speeches
+        deadline = time.monotonic() + limit
+        step = np.zeros(self.input_rate * 100 // 1000, dtype=np.int16)
+        while time.monotonic() < deadline and not self.ended.is_set():
+            more = self.agent_turns > turns and self.agent_speeches > speeches
+            if more and self.agent_state != "speaking":
+                return True
+            await self.play(step)
+        return False
+
     def heard(self) -> np.ndarray:
         """Everything the caller has heard so far (int16 at ``output_rate``)."""
         return np.concatenate(self._heard) if self._heard else np.zeros(0, dtype=np.int16)
