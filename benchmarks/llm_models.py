@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -24,19 +23,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from turn_taking import _pct, _write  # noqa: E402  (this script's own folder)
+
 from worker.facts import load_facts  # noqa: E402
 from worker.harness import load_scenario, run_scenario  # noqa: E402
 from worker.models import load_models  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    k = (len(values) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 1)
 
 
 async def _one(name: str, scenario: Any) -> dict[str, Any]:
@@ -92,11 +84,6 @@ async def main(runs: int, names: list[str], out: Path) -> None:
             f"{s['llm_first_token_p50_ms']} |"
         )
     print(f"\nwrote {out}", file=sys.stderr)
-
-
-def _write(out: Path, doc: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

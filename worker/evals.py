@@ -25,7 +25,6 @@ File format::
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import statistics
@@ -39,7 +38,6 @@ from livekit.agents import AgentSession, llm
 from livekit.agents.voice.run_result import (
     ChatMessageEvent,
     FunctionCallEvent,
-    FunctionCallOutputEvent,
     RunResult,
 )
 from pydantic import BaseModel, Field, ValidationError
@@ -212,7 +210,6 @@ class _FirstToken:
 
     def __init__(self, model: llm.LLM) -> None:
         self.first: float | None = None
-        self._started = 0.0
         model.on("metrics_collected", self._on_metrics)
 
     def _on_metrics(self, ev: Any) -> None:
@@ -255,8 +252,6 @@ async def run_conversation(
                     except ValueError:
                         args = {}
                     tools.append((ev.item.name, args if isinstance(args, dict) else {}))
-                elif isinstance(ev, FunctionCallOutputEvent):
-                    pass
             reply = " ".join(p.strip() for p in reply_parts if p.strip())
             report.turns.append(
                 TurnResult(
@@ -298,11 +293,3 @@ def format_report(report: EvalReport, width: int = 60) -> str:
                 lines.append(f"      failed: {c.what}")
     lines.append(f"score {report.met}/{report.total} = {report.score:.0%}")
     return "\n".join(lines)
-
-
-async def run_files(models: Models, paths: list[Path]) -> list[EvalReport]:
-    reports = []
-    for path in paths:
-        reports.append(await run_eval(models, path))
-        await asyncio.sleep(0)
-    return reports
