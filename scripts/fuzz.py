@@ -4,26 +4,42 @@ stays bounded. Deterministic (seeded); CI runs it from scripts/test.sh.
 
     python scripts/fuzz.py [--n 10000] [--seed 1]
 
-Targets: the SIP server over real UDP (datagrams mutated from valid requests, plus random
-bytes), SDP, RTP with the jitter buffer and DTMF, Twilio Media Streams messages, the WebRTC
-offer endpoint over real HTTP, and the TOML settings file. Prints one line per target with
-its input count, the outcomes and the memory growth; exits 1 if anything escaped.
+Targets: the SIP server over real UDP, SDP, RTP with the jitter buffer and DTMF, Twilio Media
+Streams messages, the WebRTC offer endpoint over real HTTP, and the TOML settings file.
+Inputs come in classes, each generated rather than listed by hand:
+
+- ``mutation``: valid messages with random edits, plus random bytes;
+- ``numbers``: every numeric field of a valid message replaced by numbers of any length
+  (up to 20,000 digits), signs, unicode digits, exponents, NaN and infinities;
+- ``types``: every JSON field replaced by a value of each wrong type;
+- ``nesting``: a JSON field nested up to 100,000 levels deep;
+- ``content``: offers with every kind of content type, charset and content encoding;
+- ``burst``: many calls at once against a call limit (offers, Twilio streams, INVITEs),
+  where exactly the limit must be admitted.
+
+Prints one line per target and class with its input count, the outcomes and the memory
+growth; exits 1 if anything escaped (an exception, a 5xx, an unanswered SIP request, a burst
+that admitted more or fewer than the limit).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import random
+import re
 import socket
 import struct
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,35 +141,135 @@ def inputs(rng: random.Random, n: int, seeds: list[bytes]) -> list[bytes]:
     return out
 
 
+_DIGITS = re.compile(rb"\d+")
+NUMBER_FORMS = [
+    "0", "-1", "+7", "-0", "007", "1.5", "1e3", "1e400", "-1e400", "0x1F", "NaN", "Infinity",
+    "²", "٣", "１２", "1_000", " 7", "4294967296", "18446744073709551616", "9" * 20, "9" * 21,
+]  # fmt: skip
+
+
+def any_number(rng: random.Random) -> str:
+    """A number as a hostile peer might write it: any length, sign, script or notation."""
+    if rng.random() < 0.4:
+        return rng.choice(NUMBER_FORMS)
+    length = rng.choice([10, 19, 20, 21, 300, 4300, 4301, 5000, 20000, rng.randint(1, 6000)])
+    return str(rng.randint(1, 9)) + "".join(str(rng.randrange(10)) for _ in range(length - 1))
+
+
+def with_numbers(rng: random.Random, data: bytes) -> bytes:
+    """``data`` with one to three of its digit runs replaced by :func:`any_number`."""
+    runs = list(_DIGITS.finditer(data))
+    if not runs:
+        return data
+    out = data
+    for m in sorted(rng.sample(runs, min(len(runs), rng.randint(1, 3))), key=lambda m: -m.start()):
+        out = out[: m.start()] + any_number(rng).encode() + out[m.end() :]
+    return out
+
+
+def _leaves(obj: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Paths to every value in a JSON document (objects and lists included)."""
+    if path:
+        yield path
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, (*path, i))
+
+
+def _replaced(doc: Any, path: tuple[Any, ...], raw: str) -> str:
+    """``doc`` as JSON text with the value at ``path`` written as the raw JSON text ``raw``."""
+    marker = "\u0000fuzz\u0000"
+    copy = json.loads(json.dumps(doc))
+    node = copy
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = marker
+    return json.dumps(copy).replace(json.dumps(marker), raw)
+
+
+WRONG_TYPES = ['"x"', '""', "[]", "{}", "[1]", '{"a": 1}', "null", "true", "0", "-1", "1.5"]
+
+
+def json_cases(rng: random.Random, n: int, seeds: list[Any], cls: str) -> list[bytes]:
+    """n JSON texts from ``seeds``, one field each changed as class ``cls`` says."""
+    out = []
+    for _ in range(n):
+        doc = rng.choice(seeds)
+        path = rng.choice(list(_leaves(doc)))
+        if cls == "numbers":
+            raw = any_number(rng)
+        elif cls == "types":
+            raw = rng.choice(WRONG_TYPES)
+        else:  # nesting
+            depth = rng.choice([20, 100, 1000, 30_000, 100_000, rng.randint(2, 5000)])
+            opener, closer = rng.choice([("[", "]"), ('{"a":', "}")])
+            raw = opener * depth + "1" + closer * depth
+        out.append(_replaced(doc, path, raw).encode())
+    return out
+
+
 def rss_mb() -> float:
     return float(psutil.Process().memory_info().rss) / 2**20
 
 
 class Report:
+    """Outcomes per target and input class; any escape fails the run."""
+
     def __init__(self) -> None:
         self.rows: list[str] = []
         self.escapes = 0
 
     def add(
-        self, name: str, n: int, outcomes: Counter[str], escapes: list[str], mem: float
+        self,
+        name: str,
+        n: int,
+        outcomes: Counter[str],
+        escapes: list[str],
+        mem: float,
+        cls: str = "mutation",
     ) -> None:
         self.escapes += len(escapes)
         top = ", ".join(f"{k} {v}" for k, v in outcomes.most_common(6))
         self.rows.append(
-            f"{name:8} {n:6d} inputs  {len(escapes)} escapes  memory {mem:+.1f} MB  ({top})"
+            f"{name:8} {cls:9} {n:6d} inputs  {len(escapes)} escapes  memory {mem:+6.1f} MB  "
+            f"({top})"
         )
         for e in escapes[:5]:
-            self.rows.append(f"           escape: {e}")
+            self.rows.append(f"           escape: {e[:300]}")
 
 
 # -- targets --------------------------------------------------------------------------------
+
+
+async def _until(done: Any, seconds: float) -> None:
+    """Poll ``done()`` until it holds or ``seconds`` pass (the servers have no event for it)."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+def _status(reply: bytes) -> str:
+    return reply.split(b" ", 2)[1].decode(errors="replace")[:3] if b" " in reply else "?"
+
+
+def _drain(sock: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(65535))
+        except BlockingIOError:
+            return out
 
 
 async def fuzz_sip(rng: random.Random, n: int, rep: Report) -> None:
     from telephony.sip import SipCall, SipConfig, SipServer
 
     async def hold(call: SipCall) -> None:
-        await asyncio.wait_for(call.ended.wait(), 2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call.ended.wait(), 2)
 
     errors: list[str] = []
 
@@ -170,28 +286,70 @@ async def fuzz_sip(rng: random.Random, n: int, rep: Report) -> None:
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
     port = sock.getsockname()[1]
-    seeds = []
-    for i, tpl in enumerate(SIP_SEEDS):
-        sdp = SDP_SEED
-        seeds.append(tpl.format(port=port, n=i, len=len(sdp), sdp=sdp).encode())
+
+    def seed(i: int, n: int) -> bytes:
+        return SIP_SEEDS[i].format(port=port, n=n, len=len(SDP_SEED), sdp=SDP_SEED).encode()
+
+    seeds = [seed(i, i) for i in range(len(SIP_SEEDS))]
     outcomes: Counter[str] = Counter()
     before = rss_mb()
     for data in inputs(rng, n, seeds):
         sock.sendto(data, server.address)
         await asyncio.sleep(0.001)  # asyncio reads one datagram per loop turn
-        while True:
-            try:
-                reply = sock.recv(65535)
-            except BlockingIOError:
-                break
-            outcomes[reply.split(b" ", 2)[1].decode(errors="replace")[:3]] += 1
+        for reply in _drain(sock):
+            outcomes[_status(reply)] += 1
     await asyncio.sleep(0.5)
-    while True:
-        try:
-            reply = sock.recv(65535)
-            outcomes[reply.split(b" ", 2)[1].decode(errors="replace")[:3]] += 1
-        except BlockingIOError:
-            break
+    for reply in _drain(sock):
+        outcomes[_status(reply)] += 1
+    rep.add("sip", n, outcomes, errors[:], rss_mb() - before)
+    errors.clear()
+
+    # numbers: every request must still get a final response, never only 100 Trying
+    outcomes, missing = Counter(), []
+    before = rss_mb()
+    for k in range(n // 5):
+        i = rng.randrange(len(SIP_SEEDS) - 1)  # requests only; a response gets no answer
+        data = with_numbers(rng, seed(i, 1_000_000 + k))
+        sock.sendto(data, server.address)
+        final = ""
+        deadline = time.monotonic() + 3
+        while not final and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+            for reply in _drain(sock):
+                code = _status(reply)
+                if code.isdigit() and int(code) >= 200:
+                    final = code
+        if not final:
+            missing.append(f"no final response to {data!r}")
+        outcomes[final or "none"] += 1
+    await asyncio.sleep(0.3)
+    _drain(sock)
+    rep.add("sip", n // 5, outcomes, missing + errors[:], rss_mb() - before, "numbers")
+    errors.clear()
+
+    # burst: many INVITEs in one go against max_calls=4 (calls from earlier classes gone)
+    outcomes, wrong = Counter(), []
+    await _until(lambda: not server.calls, 10)
+    rounds = 10
+    for r in range(rounds):
+        sent = {f"fuzz-{2_000_000 + r * 100 + k}".encode() for k in range(12)}
+        for k in range(12):
+            sock.sendto(seed(0, 2_000_000 + r * 100 + k), server.address)
+        codes: dict[bytes, str] = {}
+        deadline = time.monotonic() + 3
+        while len(codes) < 12 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            for reply in _drain(sock):
+                code = _status(reply)
+                cid = re.search(rb"Call-ID: *(\S+)", reply, re.I)
+                if cid and code in ("200", "486") and cid.group(1) in sent:
+                    codes[cid.group(1)] = code
+        got = Counter(codes.values())
+        outcomes.update(got)
+        if got != Counter({"200": 4, "486": 8}):
+            wrong.append(f"burst of 12 INVITEs, limit 4: {dict(got)}")
+        _drain(sock)
+        await _until(lambda: not server.calls, 10)
     # the server must still answer, and its state must be bounded
     probe = SIP_SEEDS[1].format(port=port, n=999999, len=0, sdp="").encode()
     sock.sendto(probe, server.address)
@@ -199,40 +357,37 @@ async def fuzz_sip(rng: random.Random, n: int, rep: Report) -> None:
     deadline = time.monotonic() + 3
     while not answered and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        while True:
-            try:
-                answered |= b"opt-999999" in sock.recv(65535)
-            except BlockingIOError:
-                break
+        answered |= any(b"opt-999999" in reply for reply in _drain(sock))
     if not answered:
         errors.append("the server stopped answering OPTIONS after the fuzz run")
     if len(server._responses) > 4096 or len(server.calls) > 4:
         errors.append(f"state grew: {len(server._responses)} responses, {len(server.calls)} calls")
-    mem = rss_mb() - before
     await server.stop()
     sock.close()
     logging.getLogger("telephony").removeHandler(handler)
-    rep.add("sip", n, outcomes, errors, mem)
+    rep.add("sip", rounds * 12, outcomes, wrong + errors, 0.0, "burst")
 
 
 def fuzz_sdp(rng: random.Random, n: int, rep: Report) -> None:
     from telephony import sdp
 
-    outcomes: Counter[str] = Counter()
-    escapes: list[str] = []
-    before = rss_mb()
-    for data in inputs(rng, n, [SDP_SEED.encode()]):
-        try:
-            neg = sdp.negotiate(sdp.parse(data), ["PCMU", "PCMA"])
-            sdp.SessionWriter("127.0.0.1", 10000).answer(neg)
-            outcomes["ok"] += 1
-        except sdp.NoCommonCodec:
-            outcomes["488"] += 1
-        except sdp.SdpError:
-            outcomes["400"] += 1
-        except Exception as e:  # an escape: reported, not raised
-            escapes.append(f"{type(e).__name__}: {e} for {data[:80]!r}")
-    rep.add("sdp", n, outcomes, escapes, rss_mb() - before)
+    numbers = [with_numbers(rng, SDP_SEED.encode()) for _ in range(n // 5)]
+    for cls, cases in (("mutation", inputs(rng, n, [SDP_SEED.encode()])), ("numbers", numbers)):
+        outcomes: Counter[str] = Counter()
+        escapes: list[str] = []
+        before = rss_mb()
+        for data in cases:
+            try:
+                neg = sdp.negotiate(sdp.parse(data), ["PCMU", "PCMA"])
+                sdp.SessionWriter("127.0.0.1", 10000).answer(neg)
+                outcomes["ok"] += 1
+            except sdp.NoCommonCodec:
+                outcomes["488"] += 1
+            except sdp.SdpError:
+                outcomes["400"] += 1
+            except Exception as e:  # an escape: reported, not raised
+                escapes.append(f"{type(e).__name__}: {e} for {data[:80]!r}")
+        rep.add("sdp", len(cases), outcomes, escapes, rss_mb() - before, cls)
 
 
 def fuzz_rtp(rng: random.Random, n: int, rep: Report) -> None:
@@ -271,85 +426,195 @@ def fuzz_twilio(rng: random.Random, n: int, rep: Report) -> None:
     from telephony import twilio
 
     seeds = [json.dumps(s).encode() for s in TWILIO_SEEDS]
-    outcomes: Counter[str] = Counter()
-    escapes: list[str] = []
-    before = rss_mb()
-    for data in inputs(rng, n, seeds):
-        text = data.decode("utf-8", "replace")
-        try:
-            twilio.parse_message(text)
-            outcomes["ok"] += 1
-        except twilio.TwilioProtocolError:
-            outcomes["close 1003"] += 1
-        except Exception as e:  # an escape
-            escapes.append(f"{type(e).__name__}: {e} for {text[:80]!r}")
-    rep.add("twilio", n, outcomes, escapes, rss_mb() - before)
+    classes = [("mutation", inputs(rng, n, seeds))] + [
+        (cls, json_cases(rng, n // 5, TWILIO_SEEDS, cls)) for cls in ("numbers", "types", "nesting")
+    ]
+    for cls, cases in classes:
+        outcomes: Counter[str] = Counter()
+        escapes: list[str] = []
+        before = rss_mb()
+        for data in cases:
+            text = data.decode("utf-8", "replace")
+            try:
+                twilio.parse_message(text)
+                outcomes["ok"] += 1
+            except twilio.TwilioProtocolError:
+                outcomes["close 1003"] += 1
+            except Exception as e:  # an escape
+                escapes.append(f"{type(e).__name__}: {e} for {text[:80]!r}")
+        rep.add("twilio", len(cases), outcomes, escapes, rss_mb() - before, cls)
 
 
-async def fuzz_offer(rng: random.Random, n: int, rep: Report) -> None:
-    import aiohttp
+BROWSER_OFFER = (
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\n"
+    "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 "
+    + ":".join(["AB"] * 32)
+    + "\r\na=setup:actpass\r\na=rtcp-mux\r\n"
+    "a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+CONTENT_TYPES = [
+    "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "",
+    "application/json; charset=bogus-8", "application/json; charset=utf-16",
+    "application/json; charset=latin-1", "application/json", "APPLICATION/JSON", "json",
+    "application/json, text/plain", "application/jsonx",
+]  # fmt: skip
 
+
+def _server_without_models(max_calls: int, hold: asyncio.Event | None = None) -> Any:
+    """A LocalServer whose calls load no models: each just ends (or waits for ``hold``)."""
     from worker.local.server import LocalServer
     from worker.models import Models
     from worker.settings import Settings
 
     class NoModels(LocalServer):
         async def _run(self, call: Any, profile: Any = "web") -> None:
-            # a fuzz run loads no models: an accepted offer just ends its call again
+            if hold is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(hold.wait(), 30)
             self._calls.pop(call.call_id, None)
             await call.close()
 
-    server = NoModels(Models(settings=Settings()), max_calls=10_000)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    await server.start("127.0.0.1", port)
-    browser_like = (
-        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
-        "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\n"
-        "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 "
-        + ":".join(["AB"] * 32)
-        + "\r\na=setup:actpass\r\na=rtcp-mux\r\n"
-        "a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
-    )
-    seeds = [json.dumps({"sdp": browser_like, "type": "offer"}).encode(),
-             json.dumps({"sdp": "v=0", "type": "answer"}).encode()]  # fmt: skip
-    outcomes: Counter[str] = Counter()
-    escapes: list[str] = []
-    before = rss_mb()
-    async with aiohttp.ClientSession() as http:
-        for data in inputs(rng, n, seeds):
-            async with http.post(f"http://127.0.0.1:{port}/offer", data=data) as resp:
-                outcomes[str(resp.status)] += 1
+    return NoModels(Models(settings=Settings()), max_calls=max_calls)
+
+
+async def _post_all(
+    http: Any, url: str, cases: list[tuple[bytes, dict[str, str]]], out: Counter[str]
+) -> list[str]:
+    import aiohttp
+
+    escapes = []
+    for data, headers in cases:
+        try:
+            async with http.post(url, data=data, headers=headers) as resp:
+                out[str(resp.status)] += 1
                 if resp.status >= 500 and resp.status != 503:
-                    escapes.append(f"HTTP {resp.status} for {data[:80]!r}")
+                    escapes.append(f"HTTP {resp.status} for {headers} {data[:80]!r}")
+        except aiohttp.ClientError as e:  # the server hung up without an answer
+            escapes.append(f"{type(e).__name__} for {headers} {data[:80]!r}")
+    return escapes
+
+
+async def fuzz_offer(rng: random.Random, n: int, rep: Report) -> None:
+    import aiohttp
+
+    from plugins.llama_cpp.server import free_port
+
+    server = _server_without_models(max_calls=10_000)
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}/offer"
+    docs = [{"sdp": BROWSER_OFFER, "type": "offer"}, {"sdp": "v=0", "type": "answer"}]
+    js = {"Content-Type": "application/json"}
+    seeds = [json.dumps(d).encode() for d in docs]
+    content = []
+    for _ in range(n // 5):
+        headers = {"Content-Type": rng.choice(CONTENT_TYPES)}
+        body = rng.choice(seeds)
+        r = rng.random()
+        if r < 0.2:
+            headers["Content-Encoding"] = "deflate"
+            junk = bytes(rng.randrange(256) for _ in range(8))
+            body = zlib.compress(body)[: rng.randint(0, 40)] + junk
+        elif r < 0.35:
+            headers["Origin"] = rng.choice(
+                ["http://evil.example", "null", "file://", "http://127.0.0.1:1"]
+            )
+        content.append((body, headers))
+    classes = [
+        ("mutation", [(d, js) for d in inputs(rng, n, seeds)]),
+        *[(cls, [(d, js) for d in json_cases(rng, n // 5, docs, cls)])
+          for cls in ("numbers", "types", "nesting")],
+        ("content", content),
+    ]  # fmt: skip
+    # one connection per request: after a body it cannot decode, aiohttp answers 400 itself
+    # and closes the connection, which a pooled client would see as the next request failing
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for cls, cases in classes:
+            outcomes: Counter[str] = Counter()
+            before = rss_mb()
+            escapes = await _post_all(http, url, cases, outcomes)
+            rep.add("offer", len(cases), outcomes, escapes, rss_mb() - before, cls)
     await server.stop()
-    rep.add("offer", n, outcomes, escapes, rss_mb() - before)
+    await fuzz_bursts(rep)
+
+
+async def fuzz_bursts(rep: Report, rounds: int = 10, limit: int = 4) -> None:
+    """Offers and Twilio streams at once, three times the limit: exactly the limit admitted."""
+    import aiohttp
+
+    from plugins.llama_cpp.server import free_port
+
+    hold = asyncio.Event()
+    server = _server_without_models(max_calls=limit, hold=hold)
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    base = f"http://127.0.0.1:{port}"
+    offer = json.dumps({"sdp": BROWSER_OFFER, "type": "offer"})
+    start = json.dumps(TWILIO_SEEDS[1])
+    out: dict[str, Counter[str]] = {"offer": Counter(), "twilio": Counter()}
+    wrong: dict[str, list[str]] = {"offer": [], "twilio": []}
+    async with aiohttp.ClientSession() as http:
+
+        async def post() -> str:
+            headers = {"Content-Type": "application/json"}
+            async with http.post(base + "/offer", data=offer, headers=headers) as resp:
+                return str(resp.status)
+
+        async def stream(sockets: list[Any]) -> str:
+            try:
+                ws = await http.ws_connect(base + "/twilio/media")
+            except aiohttp.WSServerHandshakeError as e:
+                return str(e.status)
+            sockets.append(ws)
+            await ws.send_str(start)
+            return "101"
+
+        for _ in range(rounds):
+            for kind in ("offer", "twilio"):
+                hold.clear()
+                sockets: list[Any] = []
+                jobs = [post() if kind == "offer" else stream(sockets) for _ in range(3 * limit)]
+                got = Counter(await asyncio.gather(*jobs))
+                out[kind].update(got)
+                ok = "200" if kind == "offer" else "101"
+                if got != Counter({ok: limit, "503": 2 * limit}):
+                    wrong[kind].append(f"{3 * limit} at once, limit {limit}: {dict(got)}")
+                hold.set()
+                for ws in sockets:
+                    await ws.close()
+                await _until(lambda: not server.slots.in_use, 10)
+    await server.stop()
+    for kind in ("offer", "twilio"):
+        rep.add(kind, rounds * 3 * limit, out[kind], wrong[kind], 0.0, "burst")
 
 
 def fuzz_settings(rng: random.Random, n: int, rep: Report) -> None:
     from worker.settings import SettingsError, load_settings
 
-    outcomes: Counter[str] = Counter()
-    escapes: list[str] = []
     saved = {k: v for k, v in os.environ.items() if k.startswith(("WORKER_", "LIVEKIT_"))}
     for k in saved:
         del os.environ[k]
-    before = rss_mb()
+    numbers = [with_numbers(rng, TOML_SEED.encode()) for _ in range(n // 5)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "worker.toml"
-        for data in inputs(rng, n, [TOML_SEED.encode()]):
-            path.write_bytes(data)
-            try:
-                load_settings(path, data_dir=Path(tmp))
-                outcomes["ok"] += 1
-            except SettingsError:
-                outcomes["error message"] += 1
-            except Exception as e:  # an escape
-                escapes.append(f"{type(e).__name__}: {e} for {data[:80]!r}")
+        mutated = inputs(rng, n, [TOML_SEED.encode()])
+        for cls, cases in (("mutation", mutated), ("numbers", numbers)):
+            outcomes: Counter[str] = Counter()
+            escapes: list[str] = []
+            before = rss_mb()
+            for data in cases:
+                path.write_bytes(data)
+                try:
+                    load_settings(path, data_dir=Path(tmp))
+                    outcomes["ok"] += 1
+                except SettingsError:
+                    outcomes["error message"] += 1
+                except Exception as e:  # an escape
+                    escapes.append(f"{type(e).__name__}: {e} for {data[:80]!r}")
+            rep.add("settings", len(cases), outcomes, escapes, rss_mb() - before, cls)
     os.environ.pop("WORKER_CONFIG", None)
     os.environ.update(saved)
-    rep.add("settings", n, outcomes, escapes, rss_mb() - before)
 
 
 async def main(n: int, seed: int) -> int:

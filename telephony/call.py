@@ -95,3 +95,41 @@ class DigitCollector:
             except TimeoutError:
                 break
         return self.digits
+
+
+class CallSlot:
+    """One admitted call's place under the limit; released once, however the call ends."""
+
+    def __init__(self, slots: CallSlots) -> None:
+        self._slots = slots
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._slots._in_use -= 1
+
+
+class CallSlots:
+    """The worker's call limit, shared by every transport it serves.
+
+    :meth:`take` is synchronous, so a handler that takes its slot before its first ``await``
+    can never be overtaken: a burst of any size admits exactly ``limit`` calls.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the call limit must be at least 1")
+        self.limit = limit
+        self._in_use = 0
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def take(self) -> CallSlot | None:
+        """A slot, or None when the worker is full."""
+        if self._in_use >= self.limit:
+            return None
+        self._in_use += 1
+        return CallSlot(self)

@@ -3,9 +3,12 @@ write ours. We speak G.711 (PCMU, PCMA) and RFC 4733 telephone-events, nothing e
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import time
 from dataclasses import dataclass, field
+
+from .wire import WireError, integer
 
 STATIC = {0: ("PCMU", 8000), 8: ("PCMA", 8000)}
 CODEC_LAW = {"PCMU": "ulaw", "PCMA": "alaw"}
@@ -74,12 +77,11 @@ def parse(body: bytes | str) -> AudioDescription:
             if parts[0] != "audio":
                 continue
             seen_audio = True
-            if not parts[1].split("/")[0].isdigit() or int(parts[1].split("/")[0]) > 65535:
-                raise SdpError("bad port in m= line")
+            port = _int(parts[1].split("/")[0], "m= port", 65535)
             if parts[2] not in ("RTP/AVP", "RTP/AVPF"):
                 raise NoCommonCodec(f"transport {parts[2]} is not plain RTP")
-            pts = [int(p) for p in parts[3:] if p.isdigit() and int(p) < 128]
-            media = AudioDescription(session_addr or "", int(parts[1].split("/")[0]), pts)
+            pts = [_int(p, "payload type", 127) for p in parts[3:]]
+            media = AudioDescription(session_addr or "", port, pts)
         elif kind == "c":
             parts = value.split()
             if len(parts) < 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
@@ -100,10 +102,13 @@ def parse(body: bytes | str) -> AudioDescription:
                 pt, _, enc = arg.partition(" ")
                 enc_name, _, rest = enc.partition("/")
                 rate = rest.split("/")[0]
-                if pt.isdigit() and rate.isdigit():
-                    media.rtpmap[int(pt)] = (enc_name.strip(), int(rate))
-            elif media is not None and name == "ptime" and arg.strip().isdigit():
-                media.ptime = int(arg)
+                with contextlib.suppress(WireError):  # an odd attribute is ignored
+                    media.rtpmap[integer(pt, "pt", hi=127)] = (
+                        enc_name.strip(), integer(rate, "rate", hi=1_000_000)
+                    )  # fmt: skip
+            elif media is not None and name == "ptime":
+                with contextlib.suppress(WireError):
+                    media.ptime = integer(arg, "ptime", lo=1, hi=1000)
     if media is None:
         raise NoCommonCodec("no audio stream" if not seen_audio else "no usable audio stream")
     if not media.address:
@@ -115,6 +120,13 @@ def parse(body: bytes | str) -> AudioDescription:
     if media.direction == "sendrecv" and direction != "sendrecv":
         media.direction = direction
     return media
+
+
+def _int(text: str, what: str, hi: int) -> int:
+    try:
+        return integer(text, what, hi=hi)
+    except WireError as e:
+        raise SdpError(f"bad {what} in m= line") from e
 
 
 def negotiate(offer: AudioDescription, codecs: list[str]) -> Negotiated:

@@ -33,7 +33,7 @@ import numpy as np
 from livekit import rtc
 
 from . import sdp
-from .call import Call
+from .call import Call, CallSlot, CallSlots
 from .rtp import RATE, RtpSession
 from .sip_message import (
     SipMessage,
@@ -50,6 +50,7 @@ from .sip_message import (
     uri_of,
     uri_user,
 )
+from .wire import WireError, integer
 
 logger = logging.getLogger("telephony.sip")
 
@@ -93,6 +94,11 @@ def _md5(text: str) -> str:
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of text from the network (any characters, never an error)."""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
 class DigestAuth:
     """RFC 2617/7616 MD5 digest with stateless, time-limited nonces."""
 
@@ -110,7 +116,7 @@ class DigestAuth:
     def _nonce_state(self, nonce: str) -> str:
         stamp, _, mac = nonce.partition(".")
         good = hmac.new(self._key, stamp.encode(), hashlib.sha256).hexdigest()[:24]
-        if not stamp.isdigit() or not hmac.compare_digest(mac, good):
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12) or not _same(mac, good):
             return "bad"
         return "stale" if time.time() - int(stamp) > self.NONCE_TTL else "ok"
 
@@ -141,7 +147,7 @@ class DigestAuth:
             expected = _md5(f"{ha1}:{p['nonce']}:{nc}:{cnonce}:auth:{ha2}")
         else:
             expected = _md5(f"{ha1}:{p['nonce']}:{ha2}")
-        return "ok" if hmac.compare_digest(expected, p.get("response", "")) else "bad"
+        return "ok" if _same(expected, p.get("response", "")) else "bad"
 
 
 # -- the call -------------------------------------------------------------------------------
@@ -244,13 +250,25 @@ class _ClientTx:
     task: asyncio.Task[None] | None = None
 
 
+class _Refused(Exception):
+    """An INVITE already answered with an error response."""
+
+
 class SipServer(asyncio.DatagramProtocol):
     """The UDP endpoint: admission, transactions and dialogs. ``on_call`` runs a call until it
     ends (it gets the :class:`SipCall` once the 200 OK is sent)."""
 
-    def __init__(self, config: SipConfig, on_call: Callable[[SipCall], Awaitable[Any]]) -> None:
+    def __init__(
+        self,
+        config: SipConfig,
+        on_call: Callable[[SipCall], Awaitable[Any]],
+        slots: CallSlots | None = None,
+    ) -> None:
         self.config = config
         self._on_call = on_call
+        self.slots = slots or CallSlots(config.max_calls)
+        """The worker's call limit (shared with its other transports); ``max_calls`` caps SIP."""
+        self._slots_held: dict[str, CallSlot] = {}
         self._allow = [ipaddress.ip_network(n, strict=False) for n in config.allow]
         self._auth = (
             DigestAuth(config.realm, config.username, config.password)
@@ -299,6 +317,9 @@ class SipServer(asyncio.DatagramProtocol):
     def forget(self, call: SipCall) -> None:
         if self.calls.get(call.sip_call_id) is call:
             del self.calls[call.sip_call_id]
+            slot = self._slots_held.pop(call.sip_call_id, None)
+            if slot is not None:
+                slot.release()
 
     @property
     def active_calls(self) -> int:
@@ -437,7 +458,7 @@ class SipServer(asyncio.DatagramProtocol):
         if not self._admitted(source, req):
             return
         if method == "INVITE":
-            self._spawn(self._on_invite(req, source))
+            self._spawn(self._invite_or_500(req, source))
         elif method == "OPTIONS":
             self._respond(req, source, 200, headers=self._capabilities())
         elif method in ("BYE", "INFO", "NOTIFY"):
@@ -505,6 +526,24 @@ class SipServer(asyncio.DatagramProtocol):
         self._responses.pop(self._tx_key(req), None)  # the retry is a new transaction
         return False
 
+    async def _invite_or_500(self, req: SipMessage, source: tuple[str, int]) -> None:
+        """Run an INVITE; a failure before its final response still gets one (500), so no
+        caller is left at 100 Trying."""
+        try:
+            await self._on_invite(req, source)
+        except Exception:
+            logger.exception("SIP INVITE from %s:%d failed", source[0], source[1])
+            call = self.calls.get(req.call_id)
+            if call is not None and call.answered:
+                return
+            if self._tx_key(req) not in self._responses:
+                self._respond(req, source, 500, to_tag=call.local_tag if call else None)
+            if call is not None:
+                call.terminated = True
+                call.mark_ended("error")
+                self.forget(call)
+                await call.close()
+
     async def _on_invite(self, req: SipMessage, source: tuple[str, int]) -> None:
         self.stats["invites"] += 1
         self._respond(req, source, 100)
@@ -516,25 +555,23 @@ class SipServer(asyncio.DatagramProtocol):
             self.stats["rejected"] += 1
             self._respond(req, source, 503, headers=[("retry-after", "30")])
             return
-        if len(self.calls) >= self.config.max_calls:
+        if req.call_id in self.calls:
+            self._respond(req, source, 482, "Loop Detected")
+            return
+        slot = self.slots.take() if len(self.calls) < self.config.max_calls else None
+        if slot is None:
             self.stats["rejected"] += 1
             logger.warning("SIP call from %s refused: %d calls up", source[0], len(self.calls))
             self._respond(req, source, 486)
             return
-        if req.call_id in self.calls:
-            self._respond(req, source, 482, "Loop Detected")
+        try:
+            neg = self._offer_of(req, source)
+        except _Refused:
+            slot.release()
             return
-        neg: sdp.Negotiated | None = None
-        if req.body:
-            ctype = (req.get("content-type") or "").split(";")[0].strip().lower()
-            if ctype != "application/sdp":
-                self._respond(req, source, 415, headers=[("accept", "application/sdp")])
-                return
-            neg = self._negotiate(req, source)
-            if neg is None:
-                return
         call = SipCall(self, req, source)
         self.calls[req.call_id] = call
+        self._slots_held[req.call_id] = slot
         try:
             await self._open_media(call, neg)
         except OSError as e:
@@ -571,6 +608,20 @@ class SipServer(asyncio.DatagramProtocol):
             await self._on_call(call)
         finally:
             await call.close()
+
+    def _offer_of(self, req: SipMessage, source: tuple[str, int]) -> sdp.Negotiated | None:
+        """The negotiated offer of an INVITE (None for a delayed offer); raises
+        :class:`_Refused` once the caller has had its final answer."""
+        if not req.body:
+            return None
+        ctype = (req.get("content-type") or "").split(";")[0].strip().lower()
+        if ctype != "application/sdp":
+            self._respond(req, source, 415, headers=[("accept", "application/sdp")])
+            raise _Refused
+        neg = self._negotiate(req, source)
+        if neg is None:
+            raise _Refused
+        return neg
 
     async def _open_media(self, call: SipCall, neg: sdp.Negotiated | None) -> None:
         loop = asyncio.get_running_loop()
@@ -708,9 +759,10 @@ class SipServer(asyncio.DatagramProtocol):
             self._respond(req, source, 200)
             text = req.body.decode("utf-8", "replace").strip()
             if text.startswith("SIP/2.0 ") and call.notify_waiter is not None:
-                code = text.split(" ", 2)[1]
-                if code.isdigit() and int(code) >= 200 and not call.notify_waiter.done():
-                    call.notify_waiter.set_result(int(code))
+                with contextlib.suppress(WireError):  # a sipfrag we cannot read is ignored
+                    code = integer(text.split(" ", 2)[1], "sipfrag status", lo=100, hi=699)
+                    if code >= 200 and not call.notify_waiter.done():
+                        call.notify_waiter.set_result(code)
         elif method in KNOWN_METHODS:
             self._respond(req, source, 405, headers=[("allow", ALLOW)])
         else:

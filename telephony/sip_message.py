@@ -11,6 +11,8 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
+from .wire import WireError, integer
+
 MAX_MESSAGE_BYTES = 16 * 1024
 """Larger datagrams are refused with 513; nothing legitimate we handle comes close."""
 MAX_HEADERS = 100
@@ -94,8 +96,9 @@ class SipMessage:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        num, _, method = (self.get("cseq") or "0 ").partition(" ")
-        return int(num), method.strip()
+        """Number and method; :func:`parse` has checked the number of anything received."""
+        num, _, method = (self.get("cseq") or "0 ").strip().partition(" ")
+        return int(num) if num.isascii() and num.isdigit() and len(num) < 11 else 0, method.strip()
 
     @property
     def branch(self) -> str:
@@ -164,9 +167,7 @@ def uri_host_port(uri: str, default_port: int = 5060) -> tuple[str, int]:
         host, _, port = rest.partition(":")
     if not host:
         raise ValueError(f"no host in {uri!r}")
-    number = int(port) if port.isdigit() else default_port
-    if not 0 < number < 65536:
-        raise ValueError(f"port out of range in {uri!r}")
+    number = integer(port, f"port in {uri[:60]!r}", lo=1, hi=65535) if port else default_port
     return host, number
 
 
@@ -202,11 +203,14 @@ def parse(data: bytes) -> SipMessage:
     first = lines[0].strip()
     parts = first.split(" ", 2)
     if first.startswith("SIP/"):
-        if len(parts) < 2 or parts[0] != "SIP/2.0" or not parts[1].isdigit():
+        try:
+            if len(parts) < 2 or parts[0] != "SIP/2.0":
+                raise WireError("not SIP/2.0")
+            msg.status = integer(parts[1], "status code", lo=100, hi=699)
+        except WireError:
             err = SipParseError(f"bad status line {first[:60]!r}")
             err.is_response = True
-            raise err
-        msg.status = int(parts[1])
+            raise err from None
         msg.reason = parts[2] if len(parts) > 2 else ""
     elif len(parts) == 3 and parts[2].startswith("SIP/"):
         method, uri, version = parts
@@ -219,26 +223,35 @@ def parse(data: bytes) -> SipMessage:
         raise SipParseError("not a SIP request line", 400, _header_lines(lines))
 
     msg.headers = _header_lines(lines, strict=True)
+    try:
+        msg.body = _checked(msg, body)
+    except WireError as e:
+        err = SipParseError(str(e), 400, msg.headers)
+        err.is_response = not msg.is_request
+        raise err from None
+    return msg
+
+
+def _checked(msg: SipMessage, body: bytes) -> bytes:
+    """Check the numeric and required headers; return the body cut to Content-Length."""
     length = msg.get("content-length")
     if length is not None:
-        if not length.strip().isdigit():
-            raise SipParseError("bad Content-Length", 400, msg.headers)
-        n = int(length)
-        if n > len(body):
-            raise SipParseError("body shorter than Content-Length", 400, msg.headers)
-        body = body[:n]
-    msg.body = body
+        if integer(length, "Content-Length") > len(body):
+            raise WireError("body shorter than Content-Length")
+        body = body[: int(length)]
+    num, _, method = (msg.get("cseq") or "").strip().partition(" ")
     if msg.is_request:
         for name in _REQUIRED:
             if msg.get(name) is None:
-                raise SipParseError(f"missing {display_name(name)} header", 400, msg.headers)
-        num, method = (msg.get("cseq") or "").strip().partition(" ")[::2]
-        if not num.isdigit() or int(num) >= 2**31 or method.strip().upper() != msg.method:
-            raise SipParseError("bad CSeq", 400, msg.headers)
+                raise WireError(f"missing {display_name(name)} header")
         mf = msg.get("max-forwards")
-        if mf is not None and not mf.strip().isdigit():
-            raise SipParseError("bad Max-Forwards", 400, msg.headers)
-    return msg
+        if mf is not None:
+            integer(mf, "Max-Forwards", hi=2**31 - 1)
+    if msg.get("cseq") is not None or msg.is_request:
+        integer(num, "CSeq", hi=2**31 - 1)
+        if msg.is_request and method.strip().upper() != msg.method:
+            raise WireError("CSeq method differs from the request's")
+    return body
 
 
 def _header_lines(lines: list[str], strict: bool = False) -> list[tuple[str, str]]:

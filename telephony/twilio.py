@@ -14,14 +14,13 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import time
 from typing import Any
 
 from livekit import rtc
 
-from . import g711
+from . import g711, wire
 from .call import Call
 
 logger = logging.getLogger("telephony.twilio")
@@ -44,46 +43,56 @@ def expected_signature(auth_token: str, url: str, params: dict[str, str] | None 
 
 
 def signature_valid(auth_token: str, url: str, signature: str | None) -> bool:
+    """Whether ``signature`` (any text, from the network) is Twilio's for ``url``."""
     if not signature:
         return False
-    return hmac.compare_digest(expected_signature(auth_token, url), signature)
+    expected = expected_signature(auth_token, url).encode()
+    return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
 
 
 def parse_message(raw: str) -> dict[str, Any]:
-    """Decode one Media Streams message, checking the fields we use."""
+    """Decode one Media Streams message, checking the type and range of every field we use.
+
+    Anything else raises :class:`TwilioProtocolError`, whose text is the close reason.
+    """
     try:
-        msg = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise TwilioProtocolError(f"message is not JSON: {e.msg}") from e
-    if not isinstance(msg, dict) or not isinstance(msg.get("event"), str):
-        raise TwilioProtocolError("message has no 'event'")
-    event = msg["event"]
-    if event == "start":
-        start = msg.get("start")
-        if not isinstance(start, dict) or not isinstance(
-            start.get("streamSid") or msg.get("streamSid"), str
-        ):
-            raise TwilioProtocolError("'start' without a streamSid")
-        fmt = start.get("mediaFormat") or {}
-        if fmt and (
-            fmt.get("encoding") != "audio/x-mulaw" or int(fmt.get("sampleRate", RATE)) != RATE
-        ):
-            raise TwilioProtocolError(f"unsupported media format {fmt}")
-    elif event == "media":
-        media = msg.get("media")
-        if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
-            raise TwilioProtocolError("'media' without a payload")
-        try:
-            msg["_audio"] = base64.b64decode(media["payload"], validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise TwilioProtocolError("'media' payload is not base64") from e
-    elif event == "dtmf":
-        dtmf = msg.get("dtmf")
-        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        if not isinstance(digit, str) or digit not in DTMF_DIGITS:
-            raise TwilioProtocolError(f"'dtmf' with an invalid digit {digit!r}")
-    elif event not in ("connected", "mark", "stop"):
-        raise TwilioProtocolError(f"unknown event {event!r}")
+        msg = wire.load_json(raw, "message")
+        if not isinstance(msg, dict):
+            raise wire.WireError("message is not a JSON object")
+        event = wire.field(msg, "event", str, "message")
+        if event == "start":
+            start = wire.field(msg, "start", dict, "message")
+            sid = start.get("streamSid") or msg.get("streamSid")
+            if not isinstance(sid, str) or not sid:
+                raise wire.WireError("'start' without a streamSid")
+            fmt = wire.field(start, "mediaFormat", dict, "start", required=False) or {}
+            if fmt:
+                rate = wire.number(fmt.get("sampleRate", RATE), "sampleRate", lo=1, hi=192_000)
+                channels = wire.number(fmt.get("channels", 1), "channels", lo=1, hi=8)
+                if fmt.get("encoding") != "audio/x-mulaw" or rate != RATE or channels != 1:
+                    raise wire.WireError(
+                        f"unsupported media format {fmt.get('encoding')!r} at {rate:g} Hz"[:100]
+                    )
+            params = wire.field(start, "customParameters", dict, "start", required=False) or {}
+            caller = params.get("from")
+            msg["_caller"] = caller if isinstance(caller, str) else None
+            msg["_stream_sid"] = sid
+        elif event == "media":
+            media = wire.field(msg, "media", dict, "message")
+            payload = wire.field(media, "payload", str, "media")
+            try:
+                msg["_audio"] = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise wire.WireError("'media' payload is not base64") from e
+        elif event == "dtmf":
+            dtmf = wire.field(msg, "dtmf", dict, "message")
+            digit = dtmf.get("digit")
+            if not isinstance(digit, str) or digit not in DTMF_DIGITS:
+                raise wire.WireError(f"'dtmf' with an invalid digit {str(digit)[:8]!r}")
+        elif event not in ("connected", "mark", "stop"):
+            raise wire.WireError(f"unknown event {event[:32]!r}")
+    except wire.WireError as e:
+        raise TwilioProtocolError(str(e)) from None
     return msg
 
 
@@ -132,9 +141,16 @@ class TwilioCall(Call):
             self._post({"event": "mark", "streamSid": self.stream_sid, "mark": mark})
 
     def _post(self, message: dict[str, Any]) -> None:
+        if self.ended.is_set():
+            return  # the socket is closing: Twilio would never see it
         task = asyncio.ensure_future(self._send(message))
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Future[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("twilio %s: a message was not sent: %s", self.call_id, task.exception())
 
     async def close(self) -> None:
         self.mark_ended(self.end_reason)

@@ -34,7 +34,7 @@ AUDIO_NO_ICE = GOOD_HEADER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (b"not json", "must be JSON"),
+        (b"not json", "is not JSON"),
         (b"[1, 2]", "JSON object"),
         (json.dumps({"type": "offer"}).encode(), "missing 'sdp'"),
         (json.dumps({"sdp": "v=0", "type": "answer"}).encode(), "type 'offer'"),
@@ -46,7 +46,8 @@ async def test_invalid_offer_gets_400_with_a_reason(
     base_url: str, body: bytes, reason: str
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base_url}/offer", data=body) as resp:
+        headers = {"Content-Type": "application/json"}
+        async with http.post(f"{base_url}/offer", data=body, headers=headers) as resp:
             assert resp.status == 400
             assert reason in (await resp.json())["error"]
         async with http.get(f"{base_url}/healthz") as resp:
@@ -56,7 +57,8 @@ async def test_invalid_offer_gets_400_with_a_reason(
 
 async def test_oversized_offer_is_refused(base_url: str) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base_url}/offer", data=b"x" * 200_000) as resp:
+        big, headers = b"x" * 200_000, {"Content-Type": "application/json"}
+        async with http.post(f"{base_url}/offer", data=big, headers=headers) as resp:
             assert resp.status in (400, 413)
         async with http.get(f"{base_url}/") as resp:
             assert resp.status == 200
@@ -95,7 +97,9 @@ async def test_a_token_guards_the_page_offers_and_metrics(settings: Settings) ->
             page = await http.get(url + "/?token=s3cret-page-token")
             assert page.status == 200
             # the page's own requests now carry the cookie it was given
-            offer = await http.post(url + "/offer", data=b"not json")
+            offer = await http.post(
+                url + "/offer", data=b"not json", headers={"Content-Type": "application/json"}
+            )
             assert offer.status == 400
         async with aiohttp.ClientSession() as other:
             auth = {"Authorization": "Bearer s3cret-page-token"}

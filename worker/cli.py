@@ -208,7 +208,13 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
     print("loading models...", file=sys.stderr)
     started = time.perf_counter()
     models = await load_models(settings)
-    server = LocalServer(models, max_calls=max_calls, token=token)
+    server = LocalServer(
+        models,
+        max_calls=max_calls,
+        token=token,
+        ice_servers=settings.http.rtc_ice_servers(),
+        allowed_origins=settings.http.allowed_origins,
+    )
     sip: SipServer | None = None
     try:
         try:
@@ -286,7 +292,7 @@ async def _start_sip(settings: Settings, server: LocalServer) -> SipServer:
             cfg.host,
             ", ".join(cfg.allow),
         )
-    sip = SipServer(cfg, on_call=server.run_phone_call)
+    sip = SipServer(cfg, on_call=server.run_phone_call, slots=server.slots)
     try:
         await sip.start()
     except OSError as e:

@@ -42,6 +42,42 @@ class HTTPSettings(BaseModel):
         description="Access token for the page, offers and metrics; generated at startup when "
         "the host is not loopback and none is set.",
     )
+    ice_servers: list[str] = Field(
+        default_factory=list,
+        description="STUN/TURN URLs for browser calls (`stun:host:3478`, `turn:host:3478`); empty "
+        "by default, so a call contacts nothing outside the machine. Set them only when browsers "
+        "reach the worker through NAT.",
+    )
+    ice_username: str = Field("", description="Username for the TURN servers in `ice_servers`.")
+    ice_credential: SecretStr = Field(
+        SecretStr(""), description="Credential for the TURN servers in `ice_servers`."
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Other origins (`https://app.example.com`) whose pages may start calls; by "
+        "default only the worker's own page may.",
+    )
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
+        return urls
+
+    def rtc_ice_servers(self) -> list[Any]:
+        """The ICE servers as aiortc takes them (the TURN credentials on turn: URLs only)."""
+        from aiortc import RTCIceServer
+
+        out = []
+        for url in self.ice_servers:
+            if url.startswith("turn"):
+                secret = self.ice_credential.get_secret_value()
+                out.append(RTCIceServer(url, username=self.ice_username, credential=secret))
+            else:
+                out.append(RTCIceServer(url))
+        return out
 
 
 class AgentSettings(BaseModel):

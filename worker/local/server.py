@@ -3,28 +3,37 @@
 ``GET /`` serves the page, ``POST /offer`` takes the browser's SDP offer and starts a call on
 the process's shared models, ``GET /healthz`` reports readiness. Binds to 127.0.0.1 unless told
 otherwise. Bad offers get HTTP 400 with a reason and the server keeps serving.
+
+Every call, whatever its transport, takes a slot of one :class:`~telephony.call.CallSlots`
+before its first ``await``, so a burst never admits more than the limit. Requests that carry
+an ``Origin`` (anything a browser sends on a page's behalf) must come from this server's own
+page, and offers must be ``application/json``: a page elsewhere cannot start calls here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import hmac
-import json
+import ipaddress
 import logging
 from importlib import resources
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiortc import RTCIceServer
+from yarl import URL
 
-from telephony import twilio
-from telephony.call import Call
+from telephony import twilio, wire
+from telephony.call import Call, CallSlot, CallSlots
 
 from .. import metrics, records
 from ..call import run_call
 from ..models import Models
 from ..session import Profile
 from .webrtc import OfferError, WebRTCCall
+from .ws_guard import prepare_masked
 
 logger = logging.getLogger("worker.local")
 
@@ -35,10 +44,22 @@ TOKEN_COOKIE = "voice_worker_token"
 class LocalServer:
     """The page, the offer endpoint and the calls it started."""
 
-    def __init__(self, models: Models, *, max_calls: int = 4, token: str = "") -> None:
+    def __init__(
+        self,
+        models: Models,
+        *,
+        max_calls: int = 4,
+        token: str = "",
+        slots: CallSlots | None = None,
+        ice_servers: list[RTCIceServer] | None = None,
+        allowed_origins: list[str] | None = None,
+    ) -> None:
         self._models = models
         self._token = token
-        self._max_calls = max_calls
+        self.slots = slots or CallSlots(max_calls)
+        self._ice_servers = list(ice_servers or [])
+        self._allowed_origins = {o.rstrip("/").lower() for o in allowed_origins or []}
+        self._bound_host = "127.0.0.1"
         self._calls: dict[str, Call] = {}
         self._phone_calls: dict[str, Call] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -57,8 +78,13 @@ class LocalServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """With a token set, the page, offers and metrics need it: ``?token=`` once (then a
-        cookie), or ``Authorization: Bearer``. Health stays open; Twilio has its signature."""
+        """Same-origin requests only; then, with a token set, the page, offers and metrics need
+        it: ``?token=`` once (then a cookie), or ``Authorization: Bearer``. Health stays open;
+        Twilio has its signature."""
+        refused = self._cross_site(request)
+        if refused:
+            logger.warning("refused %s %s: %s", request.method, request.path, refused)
+            return _error(403, refused)
         if not self._token or request.path in ("/healthz", "/twilio/media"):
             return await handler(request)
         given = (
@@ -72,6 +98,31 @@ class LocalServer:
         if request.query.get("token"):
             response.set_cookie(TOKEN_COOKIE, self._token, httponly=True, samesite="Strict")
         return response
+
+    def _cross_site(self, request: web.Request) -> str:
+        """Why a request looks like another site's doing (empty when it does not).
+
+        A browser names the page that made a request in ``Origin``; only this server's own
+        page (or ``http.allowed_origins``) may use it. Bound to loopback, the ``Host`` must be a
+        loopback name too, so a DNS-rebound name cannot pass for this server's origin.
+        """
+        if request.path == "/healthz":
+            return ""
+        if _is_loopback(self._bound_host) and not _is_loopback(request.url.host or ""):
+            return f"unexpected Host {request.host[:60]!r} for a server on loopback"
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return ""  # not sent by a page (curl, Twilio, a SIP bridge)
+        own = f"{request.scheme}://{request.host}".lower()
+        given = origin.rstrip("/").lower()
+        if given in (own, *self._allowed_origins):
+            return ""
+        if _is_loopback(self._bound_host) and given.startswith(("http://", "https://")):
+            with contextlib.suppress(ValueError):
+                url = URL(given)
+                if _is_loopback(url.host or "") and url.port == request.url.port:
+                    return ""  # the same page under another loopback name (localhost, ::1)
+        return f"cross-origin request from {origin[:80]!r}"
 
     @property
     def active_calls(self) -> int:
@@ -107,18 +158,35 @@ class LocalServer:
                 return _error(403, "invalid X-Twilio-Signature")
         if self.draining:
             return _error(503, "the worker is shutting down; try again shortly")
-        if len(self._calls) >= self._max_calls:
-            return _error(503, "busy")
+        slot = self.slots.take()  # before any await: a burst admits exactly the limit
+        if slot is None:
+            return _error(503, f"busy: {self.slots.in_use} calls in progress")
+        try:
+            return await self._twilio_stream(request, slot)
+        finally:
+            slot.release()
+
+    async def _twilio_stream(self, request: web.Request, slot: CallSlot) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=twilio.MAX_MESSAGE_BYTES, heartbeat=30)
-        await ws.prepare(request)
+        close: tuple[int, str] | None = None
+
+        def unmasked() -> None:
+            nonlocal close
+            close = (WSCloseCode.PROTOCOL_ERROR, "client frames must be masked (RFC 6455)")
+            closer = asyncio.ensure_future(ws.close(code=close[0], message=close[1].encode()))
+            self._tasks.add(closer)
+            closer.add_done_callback(self._tasks.discard)
+
+        frames = await prepare_masked(ws, request, unmasked)
         call: twilio.TwilioCall | None = None
         task: asyncio.Task[Any] | None = None
-        close_reason = ""
         try:
             async for message in ws:
+                if frames.unmasked:
+                    break
                 if message.type != WSMsgType.TEXT:
                     if message.type == WSMsgType.BINARY:
-                        close_reason = "binary frames are not part of Media Streams"
+                        close = (WSCloseCode.UNSUPPORTED_DATA, "binary frames are not allowed")
                     break
                 try:
                     msg = twilio.parse_message(message.data)
@@ -126,12 +194,11 @@ class LocalServer:
                     if event == "start":
                         if call is not None:
                             raise twilio.TwilioProtocolError("a second 'start' on one stream")
-                        start = msg["start"]
                         call = twilio.TwilioCall(
                             records.new_call_id(),
-                            stream_sid=start.get("streamSid") or msg["streamSid"],
+                            stream_sid=msg["_stream_sid"],
                             send=ws.send_json,
-                            caller=(start.get("customParameters") or {}).get("from"),
+                            caller=msg["_caller"],
                         )
                         self._calls[call.call_id] = call
                         call.start_sending()
@@ -148,16 +215,16 @@ class LocalServer:
                         call.mark_ended("caller_hangup")
                         break
                 except twilio.TwilioProtocolError as e:
-                    close_reason = str(e)
+                    close = (WSCloseCode.UNSUPPORTED_DATA, str(e))
                     break
         finally:
+            if frames.unmasked:
+                close = (WSCloseCode.PROTOCOL_ERROR, "client frames must be masked (RFC 6455)")
             if call is not None:
-                call.mark_ended("caller_hangup" if not close_reason else "protocol_error")
-            if close_reason:
-                logger.warning("closing twilio stream: %s", close_reason)
-                await ws.close(
-                    code=WSCloseCode.UNSUPPORTED_DATA, message=close_reason.encode()[:120]
-                )
+                call.mark_ended("caller_hangup" if close is None else "protocol_error")
+            if close is not None:
+                logger.warning("closing twilio stream with %d: %s", close[0], close[1])
+                await ws.close(code=close[0], message=close[1].encode()[:120])
             elif not ws.closed:
                 await ws.close()
             if task is not None:
@@ -171,14 +238,22 @@ class LocalServer:
     async def _offer(self, request: web.Request) -> web.Response:
         if self.draining:
             return _error(503, "the worker is shutting down; try again shortly")
-        if len(self._calls) >= self._max_calls:
-            return _error(503, f"busy: {len(self._calls)} calls in progress")
+        slot = self.slots.take()  # before any await: a burst admits exactly the limit
+        if slot is None:
+            return _error(503, f"busy: {self.slots.in_use} calls in progress")
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, 'the body must be JSON: {"sdp": ..., "type": "offer"}')
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"offer larger than {MAX_OFFER_BYTES} bytes")
+            response = await self._answer_offer(request, slot)
+        except BaseException:
+            slot.release()
+            raise
+        if response.status != 200:
+            slot.release()  # refused: the slot was never a call's
+        return response
+
+    async def _answer_offer(self, request: web.Request, slot: CallSlot) -> web.Response:
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
         if not isinstance(body, dict):
             return _error(400, "the body must be a JSON object")
         sdp, kind = body.get("sdp"), body.get("type")
@@ -187,7 +262,7 @@ class LocalServer:
         if not isinstance(kind, str):
             return _error(400, "missing 'type' string")
 
-        call = WebRTCCall(records.new_call_id())
+        call = WebRTCCall(records.new_call_id(), ice_servers=self._ice_servers)
         try:
             answer = await call.answer(sdp, kind)
         except OfferError as e:
@@ -198,6 +273,7 @@ class LocalServer:
         task = asyncio.create_task(self._run(call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: slot.release())  # the call holds it to its very end
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": call.call_id})
 
     async def run_phone_call(self, call: Call) -> None:
@@ -218,6 +294,7 @@ class LocalServer:
             await call.close()
 
     async def start(self, host: str, port: int) -> None:
+        self._bound_host = host
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -237,3 +314,41 @@ class LocalServer:
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body, or the error response that says why there is none.
+
+    ``application/json`` only (415 otherwise: a form or ``text/plain`` post is what a page
+    elsewhere could send without asking); the charset, the encoding, the size, the nesting and
+    the numbers are all checked, each failure a 4xx with a reason.
+    """
+    try:
+        raw = await request.read()  # read first, so a refused request leaves nothing unread
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"offer larger than {MAX_OFFER_BYTES} bytes")
+    except Exception as e:  # aiohttp's payload errors: a corrupt deflate body, a cut-off read
+        return _error(400, f"unreadable body: {type(e).__name__}")
+    if request.content_type != "application/json":
+        return _error(415, "the body must be application/json")
+    charset = request.charset or "utf-8"
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        return _error(415, f"unsupported charset {charset[:40]!r}")
+    try:
+        return wire.load_json(raw.decode(charset), "the body")
+    except UnicodeDecodeError:
+        return _error(400, f"the body is not valid {charset[:40]}")
+    except wire.WireError as e:
+        return _error(400, f'{e}; send {{"sdp": ..., "type": "offer"}}')

@@ -18,10 +18,18 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 from livekit import rtc
 
+from telephony import wire
 from telephony.call import Call
 
 logger = logging.getLogger("worker.local.webrtc")
@@ -73,9 +81,11 @@ class WebRTCCall(Call):
 
     transport = "local-web"
 
-    def __init__(self, call_id: str) -> None:
+    def __init__(self, call_id: str, ice_servers: list[RTCIceServer] | None = None) -> None:
         super().__init__(call_id, output_rate=OUT_RATE, caller="browser")
-        self.pc = RTCPeerConnection()
+        # An explicit list, empty by default: aiortc's own default is a public STUN server,
+        # which would make every call look up and contact a host on the internet.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
         self._channel: RTCDataChannel | None = None
         self._pump: asyncio.Task[None] | None = None
         self.on_event = self._send_event
@@ -101,9 +111,11 @@ class WebRTCCall(Call):
                 self._pump = asyncio.create_task(self._pump_audio(track))
 
     def _on_client_message(self, message: Any) -> None:
+        if not isinstance(message, str):
+            return
         try:
-            msg = json.loads(message) if isinstance(message, str) else {}
-        except json.JSONDecodeError:
+            msg = wire.load_json(message, "data channel message")
+        except wire.WireError:
             return
         if isinstance(msg, dict) and msg.get("type") == "hangup":
             self.mark_ended("caller_hangup")
