@@ -251,6 +251,16 @@ async def _until(done: Any, seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
+def _answer_comes_here(data: bytes, port: int) -> bool:
+    """Whether a response to ``data`` is due at our socket: its Via asks for rport, names our
+    port, or cannot be read (then the server answers the source)."""
+    via = re.search(rb"^(?:via|v) *:[^\r\n]*", data, re.I | re.M)
+    if via is None or b"rport" in via.group(0):
+        return True
+    sent_by = re.search(rb"SIP/2\.0/UDP +[^;:\s]+:([^;\s]*)", via.group(0))
+    return sent_by is None or sent_by.group(1) == str(port).encode()
+
+
 def _status(reply: bytes) -> str:
     return reply.split(b" ", 2)[1].decode(errors="replace")[:3] if b" " in reply else "?"
 
@@ -319,6 +329,8 @@ async def fuzz_sip(rng: random.Random, n: int, rep: Report) -> None:
                 code = _status(reply)
                 if code.isdigit() and int(code) >= 200:
                     final = code
+        if not final and not _answer_comes_here(data, port):
+            final = "sent to the Via's port"  # RFC 3261 18.2.2: not our socket's
         if not final:
             missing.append(f"no final response to {data!r}")
         outcomes[final or "none"] += 1

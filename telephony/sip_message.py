@@ -279,8 +279,12 @@ def _header_lines(lines: list[str], strict: bool = False) -> list[tuple[str, str
 
 def _salvage_headers(data: bytes) -> list[tuple[str, str]]:
     """Best-effort headers of a message we refuse, to address the error response."""
-    text = data[:MAX_MESSAGE_BYTES].decode("utf-8", "replace").split("\r\n\r\n", 1)[0]
-    return _header_lines(text.replace("\r\n", "\n").split("\n"))
+    cut = data[:MAX_MESSAGE_BYTES]
+    text = cut.decode("utf-8", "replace").split("\r\n\r\n", 1)[0]
+    lines = text.replace("\r\n", "\n").split("\n")
+    if len(data) > len(cut) and b"\r\n\r\n" not in cut:
+        lines = lines[:-1]  # cut off mid-line: a partial Via would send the answer astray
+    return _header_lines(lines)
 
 
 def response(

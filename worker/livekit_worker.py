@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess
 from livekit.agents.cli import proto
 from livekit.agents.cli.cli import _run_worker
 
+from telephony import wire
 from telephony.amd import AmdResult, AnsweringMachineDetector
 from telephony.livekit_call import CallInfo, LiveKitCall, is_sip, wait_until_active
 
@@ -186,8 +186,8 @@ async def handle_participant(
 
 
 def _outbound(metadata: str) -> bool:
-    with contextlib.suppress(ValueError, AttributeError):
-        return bool(json.loads(metadata or "{}").get("outbound"))
+    with contextlib.suppress(wire.WireError, AttributeError):
+        return bool(wire.load_json(metadata or "{}", "job metadata").get("outbound"))
     return False
 
 
