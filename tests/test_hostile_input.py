@@ -205,10 +205,35 @@ async def test_offers_from_another_sites_page_are_refused(held: tuple[str, _Held
             assert resp.status == 403
             assert "Host" in (await resp.json())["error"]
         # the page's own origin, by any loopback name, is fine (here: a bad SDP type → 400)
+        bad = {"sdp": offer, "type": "answer"}
         for own in (url, url.replace("127.0.0.1", "localhost")):
-            bad = {"sdp": offer, "type": "answer"}
             async with http.post(url + "/offer", json=bad, headers={"Origin": own}) as resp:
                 assert resp.status == 400
+        # no Origin: not a page's doing (a proxy in front may send any Host)
+        proxied = {"Host": "voice.example.com"}
+        async with http.post(url + "/offer", json=bad, headers=proxied) as resp:
+            assert resp.status == 400
+        # a page from another site opening a Media Streams socket is refused too
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await http.ws_connect(url + "/twilio/media", origin="http://evil.example")
+        assert e.value.status == 403
+
+
+async def test_allowed_origins_let_a_proxied_page_in(settings: Settings) -> None:
+    server = LocalServer(Models(settings=settings), allowed_origins=["https://voice.example.com"])
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    try:
+        page = {"Origin": "https://voice.example.com", "Host": "voice.example.com"}
+        async with aiohttp.ClientSession() as http:
+            body = {"sdp": "v=0", "type": "answer"}
+            async with http.post(f"http://127.0.0.1:{port}/offer", json=body, headers=page) as r:
+                assert r.status == 400  # past the origin check, refused for its SDP
+            page["Origin"] = "https://other.example.com"
+            async with http.post(f"http://127.0.0.1:{port}/offer", json=body, headers=page) as r:
+                assert r.status == 403
+    finally:
+        await server.stop()
 
 
 # -- Twilio Media Streams ------------------------------------------------------------------

@@ -102,22 +102,27 @@ class LocalServer:
     def _cross_site(self, request: web.Request) -> str:
         """Why a request looks like another site's doing (empty when it does not).
 
-        A browser names the page that made a request in ``Origin``; only this server's own
-        page (or ``http.allowed_origins``) may use it. Bound to loopback, the ``Host`` must be a
-        loopback name too, so a DNS-rebound name cannot pass for this server's origin.
+        A browser names the page behind each request it sends on a page's behalf in
+        ``Origin``; only this server's own page, or one of ``http.allowed_origins``, may use
+        it. Bound to loopback, "own" also means a loopback ``Host``: a DNS-rebound name that
+        resolves to 127.0.0.1 is another site. Requests without ``Origin`` (curl, Twilio, a
+        proxy's health check) are not a page's doing and pass to the token check.
         """
-        if request.path == "/healthz":
-            return ""
-        if _is_loopback(self._bound_host) and not _is_loopback(request.url.host or ""):
-            return f"unexpected Host {request.host[:60]!r} for a server on loopback"
         origin = request.headers.get("Origin")
-        if origin is None:
-            return ""  # not sent by a page (curl, Twilio, a SIP bridge)
-        own = f"{request.scheme}://{request.host}".lower()
-        given = origin.rstrip("/").lower()
-        if given in (own, *self._allowed_origins):
+        if origin is None or request.path == "/healthz":
             return ""
-        if _is_loopback(self._bound_host) and given.startswith(("http://", "https://")):
+        given = origin.rstrip("/").lower()
+        if given in self._allowed_origins:
+            return ""
+        loopback = _is_loopback(self._bound_host)
+        if loopback and not _is_loopback(request.url.host or ""):
+            return (
+                f"unexpected Host {request.host[:60]!r} for a server on loopback "
+                "(behind a proxy, add the page's origin to http.allowed_origins)"
+            )
+        if given == f"{request.scheme}://{request.host}".lower():
+            return ""
+        if loopback and given.startswith(("http://", "https://")):
             with contextlib.suppress(ValueError):
                 url = URL(given)
                 if _is_loopback(url.host or "") and url.port == request.url.port:
