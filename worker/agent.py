@@ -276,7 +276,10 @@ class VoiceAgent(Agent):
             if greeting.interrupted:  # the caller is talking: leave the cores to listening
                 return
         ctx = self.chat_ctx.copy()
-        if self._settings.greeting:
+        said = [m.text_content for m in ctx.messages() if m.role == "assistant"]
+        if self._settings.greeting and self._settings.greeting not in said:
+            # the framework adds the greeting to the history once it has played, which may
+            # be just before or just after this runs: the turn's prompt has it once
             ctx.add_message(role="assistant", content=self._settings.greeting)
         tools = [t for t in self.tools if isinstance(t, llm.Tool)]
         ctx = self._request_ctx(ctx, _tool_names(tools))
