@@ -19,7 +19,7 @@ from datetime import date
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import Agent, APIError, RunContext, function_tool, llm, stt
+from livekit.agents import Agent, APIConnectOptions, APIError, RunContext, function_tool, llm, stt
 from livekit.agents.types import FlushSentinel
 from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.agent import ModelSettings
@@ -34,6 +34,9 @@ from .settings import AgentSettings
 from .turns import BackchannelPolicy, SpeculationTracker
 
 logger = logging.getLogger("worker.agent")
+
+_WARM_UP_CONN = APIConnectOptions(max_retry=0, timeout=30.0)
+"""The cache warm-up is only an optimisation: one try, never retried over a dead server."""
 
 
 def _tool_names(tools: list[llm.Tool]) -> list[str]:
@@ -288,6 +291,7 @@ class VoiceAgent(Agent):
                 chat_ctx=ctx,
                 tools=tools,
                 extra_kwargs={"max_tokens": 1},
+                conn_options=_WARM_UP_CONN,
             ) as stream:
                 async for _ in stream:
                     pass
