@@ -142,12 +142,17 @@ async def test_the_call_prompt_is_cached_before_the_first_turn(
     finally:
         await session.aclose()
         await models.aclose()
-    cold = warm[-1]
+    # the worker read the call prompt when it loaded the model (cold), the call's own
+    # warm-up then found it cached, and so did the first turn
+    assert len(warm) >= 2, warm
+    cold, call_warm = warm[0], warm[-1]
     turns = server.prompt_evals()[len(warm) :]
     assert len(turns) == 3, turns
-    assert cold.evaluated_tokens > 400, f"the warm-up read the whole prompt: {cold}"
+    assert cold.evaluated_tokens > 400, f"loading read the whole call prompt: {cold}"
+    assert call_warm.cached_tokens >= cold.evaluated_tokens - 5, (cold, call_warm)
+    prompt = call_warm.cached_tokens + call_warm.evaluated_tokens
     first, later = turns[0], turns[1:]
-    assert first.cached_tokens >= cold.evaluated_tokens - 5, (cold, first)
+    assert first.cached_tokens >= prompt - 5, (call_warm, first)
     assert first.evaluated_tokens < 60, f"the first turn read only the caller's words: {first}"
     # the server's own timing: the first turn costs about what later turns cost, a small
     # fraction of the cold prompt (a wide margin: a busy machine slows all of them alike)
@@ -186,3 +191,21 @@ async def test_tool_calls_with_the_default_model(
     assert not failed, failed
     booking = report.turns[0].tools
     assert booking and booking[0][0] == "make_booking"
+
+
+def test_prompt_evals_read_from_the_servers_log() -> None:
+    """The three shapes llama-cpp-python logs: cold, a prefix hit, the whole prompt cached."""
+    from plugins.llama_cpp.server import PromptEval, parse_prompt_evals
+
+    log = (
+        "llama_perf_context_print: prompt eval time =    4410.20 ms /   878 tokens (...)\n"
+        "Llama.generate: full prompt already cached, skipping reset\n"
+        "llama_perf_context_print: prompt eval time =       0.00 ms /     1 tokens (...)\n"
+        "Llama.generate: 876 prefix-match hit, remaining 23 prompt tokens to eval\n"
+        "llama_perf_context_print: prompt eval time =     304.51 ms /    23 tokens (...)\n"
+    )
+    assert parse_prompt_evals(log) == [
+        PromptEval(0, 878, 4410.2),
+        PromptEval(877, 1, 0.0),
+        PromptEval(876, 23, 304.51),
+    ]

@@ -278,7 +278,11 @@ class VoiceAgent(Agent):
                 await greeting.wait_for_playout()
             if greeting.interrupted:  # the caller is talking: leave the cores to listening
                 return
-        ctx = self.chat_ctx.copy()
+        await self._send_warm_up(model, self.chat_ctx.copy())
+
+    async def _send_warm_up(self, model: OpenAICompatLLM, ctx: llm.ChatContext) -> None:
+        """Send ``ctx`` (instructions and history) as the next turn would send it, the
+        greeting included, for one token: the server keeps what it read in its cache."""
         said = [m.text_content for m in ctx.messages() if m.role == "assistant"]
         if self._settings.greeting and self._settings.greeting not in said:
             # the framework adds the greeting to the history once it has played, which may
@@ -409,3 +413,24 @@ class VoiceAgent(Agent):
             if self._speculation is not None:
                 self._speculation.note_audio(handle_id, frame.duration)
             yield frame
+
+
+class _StandInCall(Call):
+    """A call that never happens: it gives the priming agent the tools a call has."""
+
+    transport = "prime"
+
+    def __init__(self) -> None:
+        super().__init__("prime", output_rate=24000)
+
+
+async def prime_llm_cache(settings: AgentSettings, model: llm.LLM) -> None:
+    """Have the LLM server read the prompt every call starts with (instructions, facts, tools,
+    examples, greeting) once, when the worker starts: the first call's own warm-up is then a
+    cache hit, and its first turn does not wait behind a cold prompt. Calls whose tools differ
+    (a transfer target set) share the part of the prompt before the tools."""
+    if not isinstance(model, OpenAICompatLLM):
+        return
+    agent = VoiceAgent(settings, call=_StandInCall())
+    system = llm.ChatMessage(role="system", content=[agent.instructions])
+    await agent._send_warm_up(model, llm.ChatContext([system]))

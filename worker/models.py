@@ -271,6 +271,14 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
             models.llm, models.embedded_llm = await load_llm(settings)
             where = "embedded llama.cpp" if models.embedded_llm else settings.llm.base_url
             timed("llm", t, f"{models.llm.model} via {where}")
+            if models.embedded_llm is not None:
+                from .agent import prime_llm_cache  # the agent builds the prompt (and imports us)
+
+                t = time.perf_counter()
+                await prime_llm_cache(settings.agent, models.llm)
+                logger.info(
+                    "read the call prompt into the LLM cache in %.2fs", time.perf_counter() - t
+                )
     except BaseException:
         await models.aclose()
         raise

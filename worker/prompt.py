@@ -136,27 +136,24 @@ def example_turns(agent: AgentSettings, tools: Collection[str]) -> list[llm.Chat
     turns: list[tuple[str, str, tuple[str, dict[str, object], str] | None]] = []
     if facts is not None and facts.hours:
         closed = [d for d in facts.hours if facts.opening(d) is None]
+        open_day = next((d for d in reversed(list(facts.hours)) if d not in closed), None)
+        hours = facts.opening(open_day) if open_day is not None else None
+        if open_day is not None and hours is not None:  # first: the hours read from a note
+            turns.append(
+                (
+                    f"Hi, what are your hours on {open_day.title()}?\n\n"
+                    f"({facts.day_line(open_day)})",
+                    f"On {open_day.title()} we're open from {spoken_time(hours[0])} to "
+                    f"{spoken_time(hours[1])}.",
+                    None,
+                )
+            )
         if closed:
             day = closed[0]
             turns.append(
                 (
                     f"Are you open on {day.title()}?\n\n({facts.day_line(day)})",
                     f"Sorry, we're closed on {day.title()}s.",
-                    None,
-                )
-            )
-        day = (
-            next(d for d in reversed(list(facts.hours)) if d not in closed)
-            if len(closed) < len(facts.hours)
-            else closed[0]
-        )
-        hours = facts.opening(day)
-        if hours is not None:
-            turns.append(
-                (
-                    f"What are your hours on {day.title()}?\n\n({facts.day_line(day)})",
-                    f"On {day.title()} we're open from {spoken_time(hours[0])} to "
-                    f"{spoken_time(hours[1])}.",
                     None,
                 )
             )
@@ -192,6 +189,10 @@ def example_turns(agent: AgentSettings, tools: Collection[str]) -> list[llm.Chat
     if not turns:
         return items
     items.append(llm.ChatMessage(role="system", content=["Examples of good replies:"]))
+    if agent.greeting:
+        # the examples open as a call does: after the greeting, a caller's "Hi, ..." is a
+        # question to answer (without this the 0.5B model answered it with the greeting)
+        items.append(llm.ChatMessage(role="assistant", content=[agent.greeting]))
     for i, (user, reply, call) in enumerate(turns):
         items.append(llm.ChatMessage(role="user", content=[user]))
         if call is not None:

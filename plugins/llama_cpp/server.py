@@ -37,16 +37,23 @@ class PromptEval:
 
 
 _PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit, remaining (\d+) prompt")
+_FULL_HIT = "Llama.generate: full prompt already cached"
 _PROMPT_EVAL = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
 
 
 def parse_prompt_evals(log: str) -> list[PromptEval]:
-    """llama-cpp-python's verbose lines: a prefix hit (if any), then the prompt eval time."""
+    """llama-cpp-python's verbose lines: a prefix hit (if any), then the prompt eval time.
+
+    A request whose whole prompt is the one before it logs "full prompt already cached" and
+    re-reads only its last token: all the previous prompt but that token came from the cache.
+    """
     out: list[PromptEval] = []
     cached = 0
     for line in log.splitlines():
         if m := _PREFIX_HIT.search(line):
             cached = int(m[1])
+        elif _FULL_HIT in line and out:
+            cached = out[-1].cached_tokens + out[-1].evaluated_tokens - 1
         elif m := _PROMPT_EVAL.search(line):
             out.append(PromptEval(cached, int(m[2]), float(m[1])))
             cached = 0
