@@ -241,6 +241,32 @@ class Report:
             self.rows.append(f"           escape: {e[:300]}")
 
 
+def run_cases(
+    rep: Report,
+    target: str,
+    cls: str,
+    cases: list[bytes],
+    parse: Any,
+    refusals: list[tuple[type[BaseException], str]],
+) -> None:
+    """Feed each case to ``parse``; an exception listed in ``refusals`` is that protocol's
+    answer (counted under its label), any other is an escape."""
+    outcomes: Counter[str] = Counter()
+    escapes: list[str] = []
+    before = rss_mb()
+    for data in cases:
+        try:
+            parse(data)
+            outcomes["ok"] += 1
+        except Exception as e:
+            label = next((name for kind, name in refusals if isinstance(e, kind)), None)
+            if label is None:  # an escape: reported, not raised
+                escapes.append(f"{type(e).__name__}: {e} for {data[:80]!r}")
+            else:
+                outcomes[label] += 1
+    rep.add(target, len(cases), outcomes, escapes, rss_mb() - before, cls)
+
+
 # -- targets --------------------------------------------------------------------------------
 
 
@@ -383,23 +409,14 @@ async def fuzz_sip(rng: random.Random, n: int, rep: Report) -> None:
 def fuzz_sdp(rng: random.Random, n: int, rep: Report) -> None:
     from telephony import sdp
 
+    def answer(data: bytes) -> None:
+        neg = sdp.negotiate(sdp.parse(data), ["PCMU", "PCMA"])
+        sdp.SessionWriter("127.0.0.1", 10000).answer(neg)
+
+    refusals = [(sdp.NoCommonCodec, "488"), (sdp.SdpError, "400")]
+    run_cases(rep, "sdp", "mutation", inputs(rng, n, [SDP_SEED.encode()]), answer, refusals)
     numbers = [with_numbers(rng, SDP_SEED.encode()) for _ in range(n // 5)]
-    for cls, cases in (("mutation", inputs(rng, n, [SDP_SEED.encode()])), ("numbers", numbers)):
-        outcomes: Counter[str] = Counter()
-        escapes: list[str] = []
-        before = rss_mb()
-        for data in cases:
-            try:
-                neg = sdp.negotiate(sdp.parse(data), ["PCMU", "PCMA"])
-                sdp.SessionWriter("127.0.0.1", 10000).answer(neg)
-                outcomes["ok"] += 1
-            except sdp.NoCommonCodec:
-                outcomes["488"] += 1
-            except sdp.SdpError:
-                outcomes["400"] += 1
-            except Exception as e:  # an escape: reported, not raised
-                escapes.append(f"{type(e).__name__}: {e} for {data[:80]!r}")
-        rep.add("sdp", len(cases), outcomes, escapes, rss_mb() - before, cls)
+    run_cases(rep, "sdp", "numbers", numbers, answer, refusals)
 
 
 def fuzz_rtp(rng: random.Random, n: int, rep: Report) -> None:
@@ -442,19 +459,11 @@ def fuzz_twilio(rng: random.Random, n: int, rep: Report) -> None:
         (cls, json_cases(rng, n // 5, TWILIO_SEEDS, cls)) for cls in ("numbers", "types", "nesting")
     ]
     for cls, cases in classes:
-        outcomes: Counter[str] = Counter()
-        escapes: list[str] = []
-        before = rss_mb()
-        for data in cases:
-            text = data.decode("utf-8", "replace")
-            try:
-                twilio.parse_message(text)
-                outcomes["ok"] += 1
-            except twilio.TwilioProtocolError:
-                outcomes["close 1003"] += 1
-            except Exception as e:  # an escape
-                escapes.append(f"{type(e).__name__}: {e} for {text[:80]!r}")
-        rep.add("twilio", len(cases), outcomes, escapes, rss_mb() - before, cls)
+        run_cases(
+            rep, "twilio", cls, cases,
+            lambda data: twilio.parse_message(data.decode("utf-8", "replace")),
+            [(twilio.TwilioProtocolError, "close 1003")],
+        )  # fmt: skip
 
 
 BROWSER_OFFER = (
@@ -610,21 +619,14 @@ def fuzz_settings(rng: random.Random, n: int, rep: Report) -> None:
     numbers = [with_numbers(rng, TOML_SEED.encode()) for _ in range(n // 5)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "worker.toml"
-        mutated = inputs(rng, n, [TOML_SEED.encode()])
-        for cls, cases in (("mutation", mutated), ("numbers", numbers)):
-            outcomes: Counter[str] = Counter()
-            escapes: list[str] = []
-            before = rss_mb()
-            for data in cases:
-                path.write_bytes(data)
-                try:
-                    load_settings(path, data_dir=Path(tmp))
-                    outcomes["ok"] += 1
-                except SettingsError:
-                    outcomes["error message"] += 1
-                except Exception as e:  # an escape
-                    escapes.append(f"{type(e).__name__}: {e} for {data[:80]!r}")
-            rep.add("settings", len(cases), outcomes, escapes, rss_mb() - before, cls)
+
+        def load(data: bytes) -> None:
+            path.write_bytes(data)
+            load_settings(path, data_dir=Path(tmp))
+
+        refusals = [(SettingsError, "error message")]
+        run_cases(rep, "settings", "mutation", inputs(rng, n, [TOML_SEED.encode()]), load, refusals)
+        run_cases(rep, "settings", "numbers", numbers, load, refusals)
     os.environ.pop("WORKER_CONFIG", None)
     os.environ.update(saved)
 
