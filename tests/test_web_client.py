@@ -72,3 +72,12 @@ async def test_token_endpoint_without_credentials_says_so(settings: Settings) ->
             assert resp.status == 503 and "LIVEKIT_API_KEY" in (await resp.json())["error"]
     finally:
         await server.stop()
+
+
+async def test_a_page_elsewhere_cannot_mint_tokens(web_client: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        evil = {"Origin": "http://evil.example"}
+        async with http.post(f"{web_client}/token", headers=evil) as resp:
+            assert resp.status == 403
+        async with http.post(f"{web_client}/token", headers={"Origin": web_client}) as resp:
+            assert resp.status == 200  # the page itself

@@ -16,14 +16,12 @@ import asyncio
 import codecs
 import contextlib
 import hmac
-import ipaddress
 import logging
 from importlib import resources
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceServer
-from yarl import URL
 
 from telephony import twilio, wire
 from telephony.call import Call, CallSlot, CallSlots
@@ -32,6 +30,7 @@ from .. import metrics, records
 from ..call import run_call
 from ..models import Models
 from ..session import Profile
+from .origin import cross_site
 from .webrtc import OfferError, WebRTCCall
 from .ws_guard import prepare_masked
 
@@ -100,34 +99,9 @@ class LocalServer:
         return response
 
     def _cross_site(self, request: web.Request) -> str:
-        """Why a request looks like another site's doing (empty when it does not).
-
-        A browser names the page behind each request it sends on a page's behalf in
-        ``Origin``; only this server's own page, or one of ``http.allowed_origins``, may use
-        it. Bound to loopback, "own" also means a loopback ``Host``: a DNS-rebound name that
-        resolves to 127.0.0.1 is another site. Requests without ``Origin`` (curl, Twilio, a
-        proxy's health check) are not a page's doing and pass to the token check.
-        """
-        origin = request.headers.get("Origin")
-        if origin is None or request.path == "/healthz":
+        if request.path == "/healthz":
             return ""
-        given = origin.rstrip("/").lower()
-        if given in self._allowed_origins:
-            return ""
-        loopback = _is_loopback(self._bound_host)
-        if loopback and not _is_loopback(request.url.host or ""):
-            return (
-                f"unexpected Host {request.host[:60]!r} for a server on loopback "
-                "(behind a proxy, add the page's origin to http.allowed_origins)"
-            )
-        if given == f"{request.scheme}://{request.host}".lower():
-            return ""
-        if loopback and given.startswith(("http://", "https://")):
-            with contextlib.suppress(ValueError):
-                url = URL(given)
-                if _is_loopback(url.host or "") and url.port == request.url.port:
-                    return ""  # the same page under another loopback name (localhost, ::1)
-        return f"cross-origin request from {origin[:80]!r}"
+        return cross_site(request, self._bound_host, self._allowed_origins)
 
     @property
     def active_calls(self) -> int:
@@ -319,16 +293,6 @@ class LocalServer:
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
-
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def _json_body(request: web.Request) -> Any:

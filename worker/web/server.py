@@ -4,7 +4,8 @@ microphone and shows the live transcript, and the token endpoint it gets its acc
 ``POST /token`` mints a short-lived token (``livekit.token_ttl``) that can only join one new
 room, publish a microphone, subscribe and send data; the token's room configuration dispatches
 our agent (``livekit.agent_name``) into the room when the caller joins. Binds to 127.0.0.1
-unless told otherwise.
+unless told otherwise. A request a page elsewhere sends (its ``Origin`` not this page's, nor
+one of ``http.allowed_origins``) gets 403, as on the local page.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import datetime
 import logging
 import secrets
 from importlib import resources
+from typing import Any
 
 from aiohttp import web
 from livekit import api
 from livekit.protocol import agent_dispatch as dispatch_pb
 from livekit.protocol import room as room_pb
 
+from ..local.origin import cross_site
 from ..settings import Settings
 
 logger = logging.getLogger("worker.web")
@@ -53,7 +56,9 @@ class WebClientServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = web.Application(client_max_size=4096)
+        self.app = web.Application(client_max_size=4096, middlewares=[self._same_site])
+        self._host = "127.0.0.1"
+        self._allowed = {o.rstrip("/").lower() for o in settings.http.allowed_origins}
         self.app.add_routes(
             [
                 web.get("/", self._page),
@@ -62,6 +67,15 @@ class WebClientServer:
             ]
         )
         self._runner: web.AppRunner | None = None
+
+    @web.middleware
+    async def _same_site(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        refused = cross_site(request, self._host, self._allowed)
+        if refused:
+            logger.warning("refused %s %s: %s", request.method, request.path, refused)
+            return web.json_response({"error": refused}, status=403)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _page(self, _r: web.Request) -> web.Response:
         html = resources.files("worker.web").joinpath("static/livekit.html").read_text("utf-8")
@@ -91,6 +105,7 @@ class WebClientServer:
         )
 
     async def start(self, host: str, port: int) -> None:
+        self._host = host
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
