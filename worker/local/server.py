@@ -141,11 +141,11 @@ class LocalServer:
         if slot is None:
             return _error(503, f"busy: {self.slots.in_use} calls in progress")
         try:
-            return await self._twilio_stream(request, slot)
+            return await self._twilio_stream(request)
         finally:
             slot.release()
 
-    async def _twilio_stream(self, request: web.Request, slot: CallSlot) -> web.WebSocketResponse:
+    async def _twilio_stream(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=twilio.MAX_MESSAGE_BYTES, heartbeat=30)
         close: tuple[int, str] | None = None
 
