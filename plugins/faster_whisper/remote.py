@@ -25,6 +25,7 @@ from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
+from ..http import LoopSessions
 from .stt import SAMPLE_RATE
 
 _EVENTS = {
@@ -44,7 +45,7 @@ class RemoteSTT(stt.STT):
         )
         self.url = url.rstrip("/")
         self.language = language
-        self._http: aiohttp.ClientSession | None = None
+        self._http = LoopSessions()
 
     @property
     def model(self) -> str:
@@ -55,13 +56,10 @@ class RemoteSTT(stt.STT):
         return self.url
 
     def http(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
-        return self._http
+        return self._http.get()
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._http.aclose()
 
     async def transcribe_async(self, pcm: np.ndarray, language: str | None = None) -> str:
         """One utterance (16 kHz float32) through the server's one-shot endpoint."""

@@ -22,6 +22,7 @@ from livekit.agents import (
     tts,
 )
 
+from ..http import LoopSessions
 from .log import logger
 from .models import KokoroOptions, load_kokoro
 
@@ -234,7 +235,7 @@ class RemoteTTS(TTS):
         self.url = url.rstrip("/")
         self._opts = KokoroOptions(model_path="", voices_path="", voice=voice, speed=speed)
         self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
-        self._http: Any = None
+        self._http = LoopSessions()
 
     @property
     def voices(self) -> list[str]:
@@ -252,12 +253,10 @@ class RemoteTTS(TTS):
 
         if not any(c.isalnum() for c in text):
             return np.zeros(0, dtype=np.int16)
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
         body = {"input": text, "voice": voice or self._opts.voice,
                 "speed": speed or self._opts.speed, "response_format": "pcm"}  # fmt: skip
         try:
-            async with self._http.post(f"{self.url}/v1/audio/speech", json=body) as resp:
+            async with self._http.get().post(f"{self.url}/v1/audio/speech", json=body) as resp:
                 if resp.status != 200:
                     raise APIStatusError(
                         f"Kokoro server: {(await resp.text())[:300]}", status_code=resp.status
@@ -268,5 +267,4 @@ class RemoteTTS(TTS):
         return np.frombuffer(data[: len(data) // 2 * 2], dtype=np.int16)
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._http.aclose()

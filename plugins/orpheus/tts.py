@@ -31,6 +31,7 @@ from livekit.agents import (
     tts,
 )
 
+from ..http import LoopSessions
 from .decoder import SAMPLE_RATE, SAMPLES_PER_FRAME, WINDOW_FRAMES
 from .log import logger
 from .tokens import CODES_PER_FRAME, CodeParser, prompt
@@ -85,7 +86,11 @@ class TTS(tts.TTS):
         self.opts = opts
         self.decoder = decoder
         self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
-        self._http: aiohttp.ClientSession | None = None
+        self._http = LoopSessions(
+            lambda: aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=opts.timeout)
+            )
+        )
         self.trimmed: list[float] = []
         """Seconds of leading silence trimmed, one entry per reply."""
         self.on_trimmed: Callable[[float], None] | None = None
@@ -99,14 +104,10 @@ class TTS(tts.TTS):
         return "orpheus-vllm"
 
     def http(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            limits = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self.opts.timeout)
-            self._http = aiohttp.ClientSession(timeout=limits)
-        return self._http
+        return self._http.get()
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._http.aclose()
 
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS

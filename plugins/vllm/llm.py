@@ -28,6 +28,7 @@ from livekit.agents.llm import ToolChoice
 from livekit.agents.llm._provider_format.openai import to_fnc_ctx
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
+from ..http import LoopSessions
 from .log import logger
 from .tool_text import ToolCallSplitter
 
@@ -80,7 +81,11 @@ class LLM(llm.LLM):
     def __init__(self, *, opts: LLMOptions) -> None:
         super().__init__()
         self._opts = opts
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions = LoopSessions(
+            lambda: aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout)
+            )
+        )
 
     @property
     def model(self) -> str:
@@ -95,11 +100,7 @@ class LLM(llm.LLM):
         return self._opts
 
     def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._opts.connect_timeout)
-            )
-        return self._session
+        return self._sessions.get()
 
     def chat(
         self,
@@ -125,9 +126,7 @@ class LLM(llm.LLM):
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._sessions.aclose()
 
 
 class LLMStream(llm.LLMStream):

@@ -1,0 +1,58 @@
+"""HTTP sessions that are safe to share a plugin between event loops.
+
+An ``aiohttp.ClientSession`` belongs to the event loop it was made on. The LiveKit worker runs
+each job as a thread with its own loop while the plugins (TTS, STT and LLM clients) are loaded
+once per process, so a client keeps one session per loop: :class:`LoopSessions`. A job closes
+the sessions of its own loop when it ends (:func:`close_loop_sessions`), so none outlives the
+loop it was made on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Callable
+
+import aiohttp
+
+_lock = threading.Lock()
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[aiohttp.ClientSession]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class LoopSessions:
+    """One ``aiohttp.ClientSession`` per running event loop, made on first use."""
+
+    def __init__(self, factory: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession):
+        self._factory = factory
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]
+        self._sessions = weakref.WeakKeyDictionary()
+
+    def get(self) -> aiohttp.ClientSession:
+        """The calling loop's session (call from a coroutine)."""
+        loop = asyncio.get_running_loop()
+        with _lock:
+            session = self._sessions.get(loop)
+            if session is None or session.closed:
+                session = self._factory()
+                self._sessions[loop] = session
+                _by_loop.setdefault(loop, []).append(session)
+            return session
+
+    async def aclose(self) -> None:
+        """Close the calling loop's session (the others close with their own loops)."""
+        with _lock:
+            session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.close()
+
+
+async def close_loop_sessions() -> None:
+    """Close every plugin session made on the calling loop (a job's last step)."""
+    with _lock:
+        sessions = _by_loop.pop(asyncio.get_running_loop(), [])
+    for session in sessions:
+        if not session.closed:
+            await session.close()
