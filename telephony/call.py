@@ -7,6 +7,7 @@ session an audio input, an audio output and call control. It knows nothing about
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 
 from .audio_io import PacedAudioOutput, QueueAudioInput
@@ -105,16 +106,20 @@ class CallSlot:
         self.held = True
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            self._slots._in_use -= 1
+        with self._slots._lock:
+            if self.held:
+                self.held = False
+                self._slots._in_use -= 1
 
 
 class CallSlots:
-    """The worker's call limit, shared by every transport it serves.
+    """The worker's one count of calls in progress, shared by every transport it serves: it
+    admits calls under the limit, and the load report, drain and the active-calls gauge all
+    read it.
 
-    :meth:`take` is synchronous, so a handler that takes its slot before its first ``await``
-    can never be overtaken: a burst of any size admits exactly ``limit`` calls.
+    :meth:`take` never awaits, so a handler that takes its slot before its first ``await`` can
+    never be overtaken: a burst of any size admits exactly ``limit`` calls. It is also
+    thread-safe, for the LiveKit worker's jobs, which run as threads.
     """
 
     def __init__(self, limit: int) -> None:
@@ -122,14 +127,21 @@ class CallSlots:
             raise ValueError("the call limit must be at least 1")
         self.limit = limit
         self._in_use = 0
+        self._lock = threading.Lock()
 
     @property
     def in_use(self) -> int:
         return self._in_use
 
+    @property
+    def load(self) -> float:
+        """0.0 idle .. 1.0 full."""
+        return self._in_use / self.limit
+
     def take(self) -> CallSlot | None:
         """A slot, or None when the worker is full."""
-        if self._in_use >= self.limit:
-            return None
-        self._in_use += 1
-        return CallSlot(self)
+        with self._lock:
+            if self._in_use >= self.limit:
+                return None
+            self._in_use += 1
+            return CallSlot(self)

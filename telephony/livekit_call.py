@@ -121,6 +121,7 @@ class LiveKitCall(Call):
         self._local = local_participant
         self.outbound_trunk = outbound_trunk
         self.record_fields = {"room": room_name}
+        self.room_deleted = False
         if sip:
             self.record_fields.update(
                 trunk_phone_number=self.info.trunk_phone_number,
@@ -137,9 +138,20 @@ class LiveKitCall(Call):
     async def hangup(self, reason: str = "agent_hangup") -> None:
         """Delete the room: every participant leaves; a phone caller gets a BYE."""
         self.mark_ended(reason)
-        await self._with_api(
-            lambda lk: lk.room.delete_room(room_pb.DeleteRoomRequest(room=self.room_name))
-        )
+        await self.delete_room()
+
+    async def delete_room(self) -> None:
+        """Delete the call's room once; a room the server no longer has counts as deleted."""
+        if self.room_deleted:
+            return
+        try:
+            await self._with_api(
+                lambda lk: lk.room.delete_room(room_pb.DeleteRoomRequest(room=self.room_name))
+            )
+        except api.TwirpError as e:
+            if e.code != api.TwirpErrorCode.NOT_FOUND:
+                raise
+        self.room_deleted = True
 
     async def transfer(self, target: str) -> None:
         """Cold transfer by SIP REFER; LiveKit SIP hangs up our leg once it is accepted."""

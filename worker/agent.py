@@ -14,12 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from datetime import date
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import Agent, APIConnectOptions, APIError, RunContext, function_tool, llm, stt
+from livekit.agents import (
+    Agent,
+    APIConnectOptions,
+    APIError,
+    RunContext,
+    StopResponse,
+    function_tool,
+    llm,
+    stt,
+)
 from livekit.agents.types import FlushSentinel
 from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.agent import ModelSettings
@@ -245,8 +254,26 @@ class VoiceAgent(Agent):
     _warm: asyncio.Task[None] | None = None
     voicemail: str | None = None
     """Set when an outbound call reached an answering machine: leave this and hang up."""
+    before_greeting: Callable[[], Awaitable[bool]] | None = None
+    """Awaited before the greeting (a phone call being answered, voicemail detection); False:
+    nobody is there to greet, so the call ends."""
+
+    _gated = False
 
     async def on_enter(self) -> None:
+        if self.before_greeting is not None:
+            self._gated = True  # words heard meanwhile ("Hello?") get no reply of their own
+            try:
+                answered = await self.before_greeting()
+                # and what is still being heard of them is dropped, not answered after
+                with contextlib.suppress(RuntimeError):
+                    self.session.clear_user_turn()
+            finally:
+                self._gated = False
+            if not answered:
+                if self._call is not None:
+                    await self._call.hangup("never_answered")
+                return
         if self.voicemail is not None:
             await self.session.say(self.voicemail, allow_interruptions=False).wait_for_playout()
             if self._call is not None:
@@ -256,6 +283,12 @@ class VoiceAgent(Agent):
         if self._settings.greeting:
             greeting = self.session.say(self._settings.greeting, allow_interruptions=True)
         self._warm = asyncio.create_task(self._warm_llm_cache(greeting))
+
+    async def on_user_turn_completed(
+        self, turn_ctx: llm.ChatContext, new_message: llm.ChatMessage
+    ) -> None:
+        if self._gated:
+            raise StopResponse()
 
     async def llm_cache_warm(self) -> None:
         """Wait until the warm-up request of :meth:`on_enter` has finished."""

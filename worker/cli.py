@@ -215,6 +215,9 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
         ice_servers=settings.http.rtc_ice_servers(),
         allowed_origins=settings.http.allowed_origins,
     )
+    from . import metrics
+
+    metrics.count_calls_of(server.slots)
     sip: SipServer | None = None
     try:
         try:

@@ -1,21 +1,24 @@
 """The worker registered with a LiveKit server (used when ``LIVEKIT_URL`` is set).
 
-Jobs run as threads of this process so that every call shares the one set of models loaded
-in prewarm; each job gets its own session, LLM client and call record. The worker reports its
-load as active calls over ``livekit.max_calls``, so LiveKit stops sending jobs to a full
-worker, and on SIGTERM it drains: no new jobs, active calls go on up to
+Jobs run as threads of this process so that every call shares the one set of models
+(:class:`ModelHost`); each job gets its own session and call record. One call registry
+(``telephony.call.CallSlots``) admits calls, reports the load (active calls over
+``livekit.max_calls``, so LiveKit stops sending jobs to a full worker) and feeds the
+active-calls gauge. On SIGTERM the framework drains: no new jobs, active calls go on up to
 ``drain_timeout`` seconds.
 
 A phone caller (a SIP participant) gets the telephony profile and a :class:`CallInfo` from its
-attributes, and the agent waits until ``sip.callStatus`` is ``active`` before greeting. On an
-outbound call (job metadata ``{"outbound": true}``) the first seconds of the callee's audio go
-to answering-machine detection: a machine gets ``livekit.voicemail_message`` after its beep.
+attributes. The agent's track is published at once and only the greeting waits until
+``sip.callStatus`` is ``active``. On an outbound call (job metadata ``{"outbound": true}``) the
+first seconds of the callee's audio go to answering-machine detection: a machine gets
+``livekit.voicemail_message`` after its beep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -27,30 +30,75 @@ from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess
 from livekit.agents.cli import proto
 from livekit.agents.cli.cli import _run_worker
 
+from plugins.http import close_loop_sessions
 from telephony import wire
 from telephony.amd import AmdResult, AnsweringMachineDetector
+from telephony.call import CallSlots
 from telephony.livekit_call import CallInfo, LiveKitCall, is_sip, wait_until_active
 
-from . import records
+from . import metrics, records
 from .agent import VoiceAgent
 from .call import CallResult, run_call
-from .models import Models, load_llm, load_models
+from .models import Models, load_models, make_router
 from .settings import Settings
 
 logger = logging.getLogger("worker.livekit")
 
-_models_lock = threading.Lock()
-_shared: Models | None = None
-_active_calls = 0
+
+class ModelHost:
+    """The worker's models, loaded once per process and shared by every job.
+
+    Jobs run as threads, each on its own event loop, so the models live on a loop of their own
+    in a daemon thread that lasts as long as the process: the embedded LLM server's supervisor
+    runs there, and a server started from it is not tied to a job's thread (Linux's parent-death
+    signal follows the thread that started a child). Every job gets the same VAD, turn detector,
+    STT, TTS (with fallbacks), LLM and embedded server; the plugins keep one HTTP session per
+    loop (``plugins.http``), and a job closes its own when it ends. The router's Redis client
+    is per job, as a Redis connection belongs to one loop.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: Models | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self, settings: Settings) -> Models:
+        with self._lock:
+            if self._models is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="models", daemon=True).start()
+                self._loop = loop
+                self._models = asyncio.run_coroutine_threadsafe(
+                    _load_shared(settings), loop
+                ).result()
+            return self._models
+
+    async def for_job(self, settings: Settings) -> Models:
+        """What one job uses: the shared models, with a router of its own loop."""
+        shared = await asyncio.to_thread(self.get, settings)
+        return dataclasses.replace(shared, router=make_router(settings), embedded_llm=None)
 
 
-def _shared_models(settings: Settings) -> Models:
-    """Load the heavy models once per process, from whichever thread asks first."""
-    global _shared
-    with _models_lock:
-        if _shared is None:
-            _shared = asyncio.run(load_models(settings, ("vad", "turn", "stt", "tts")))
-        return _shared
+async def _load_shared(settings: Settings) -> Models:
+    try:
+        models = await load_models(settings)
+        if models.router is not None:  # bound to this loop; jobs make their own
+            await models.router.r.aclose()
+            models.router = None
+        return models
+    finally:
+        await close_loop_sessions()
+
+
+async def release_job(models: Models) -> None:
+    """A job's end: close what belongs to its loop, leave the shared models running."""
+    if models.router is not None:
+        await models.router.r.aclose()
+    await close_loop_sessions()
+
+
+_host = ModelHost()
+_calls = CallSlots(4)
 
 
 def api_factory(settings: Settings) -> Callable[[], api.LiveKitAPI]:
@@ -74,6 +122,17 @@ async def _frames_from(participant: rtc.RemoteParticipant) -> AsyncIterator[rtc.
             yield ev.frame
     finally:
         await stream.aclose()
+
+
+async def _tapped(call: LiveKitCall) -> AsyncIterator[rtc.AudioFrame]:
+    """The call's own input as the session hears it, without taking frames from the session."""
+    q: asyncio.Queue[rtc.AudioFrame] = asyncio.Queue()
+    call.audio_input.taps.append(q.put_nowait)
+    try:
+        while True:
+            yield await q.get()
+    finally:
+        call.audio_input.taps.remove(q.put_nowait)
 
 
 async def detect_machine(
@@ -126,12 +185,36 @@ async def handle_participant(
     custom_io: bool = False,
     on_call: Callable[[LiveKitCall], None] | None = None,
 ) -> CallResult | None:
-    """Run one caller in a room, from waiting for the phone to be answered to hanging up.
+    """Run one caller in a room, from the phone being answered to hanging up.
+
+    The session starts at once, so the agent's audio track is published at once: LiveKit SIP
+    answers an inbound call only when its participant has subscribed to an audio track. Only
+    the greeting waits until the call is active (and, on an outbound call, until voicemail
+    detection has decided). When the agent leaves for any reason but a warm transfer, the room
+    is deleted, so a phone caller gets a BYE rather than silence.
 
     With ``custom_io`` the session's audio is the call's own input and output (tests drive
     them) instead of the room's tracks; everything else is as in production.
     """
-    global _active_calls
+    slot = _calls.take()
+    if slot is None:  # LiveKit sent a job past the reported load: leave the room to others
+        logger.warning("call in %s refused: %d calls in progress", room.name, _calls.in_use)
+        return None
+    try:
+        return await _handle(models, room, participant, make_api, metadata, custom_io, on_call)
+    finally:
+        slot.release()
+
+
+async def _handle(
+    models: Models,
+    room: Any,
+    participant: Any,
+    make_api: Callable[[], api.LiveKitAPI],
+    metadata: str,
+    custom_io: bool,
+    on_call: Callable[[LiveKitCall], None] | None,
+) -> CallResult | None:
     settings = models.settings
     sip = is_sip(participant)
     attrs = dict(participant.attributes)
@@ -157,32 +240,48 @@ async def handle_participant(
 
     room.on("sip_dtmf_received", on_dtmf)
     room.on("participant_disconnected", on_left)
-    _active_calls += 1
-    try:
+    outbound = sip and _outbound(metadata)
+    voicemail: list[str] = []
+
+    async def answered() -> bool:
         if sip and not await wait_until_active(room, participant, settings.livekit.greet_timeout):
             logger.info("phone call in %s never became active; not greeting", room.name)
-            return None
-        voicemail: str | None = None
-        outbound = _outbound(metadata)
-        if sip and outbound:
-            frames = call.audio_input.__aiter__() if custom_io else _frames_from(participant)
+            return False
+        if outbound:
+            frames = _tapped(call) if custom_io else _frames_from(participant)
             amd = await detect_machine(frames)
             logger.info("outbound call answered by: %s (%s)", amd.kind, amd.reason)
             if amd.kind == "machine":
-                voicemail = settings.livekit.voicemail_message
+                voicemail.append(settings.livekit.voicemail_message)
+        return True
 
-        def on_agent(agent: VoiceAgent) -> None:
-            agent.voicemail = voicemail
+    def on_agent(agent: VoiceAgent) -> None:
+        async def gate() -> bool:
+            ok = await answered()
+            agent.voicemail = voicemail[0] if voicemail else None
+            return ok
 
+        agent.before_greeting = gate
+
+    try:
         return await run_call(
             models, call, profile="telephony" if sip else "web",
             room=None if custom_io else room, participant_identity=participant.identity,
             on_agent=on_agent,
         )  # fmt: skip
     finally:
-        _active_calls -= 1
         room.off("sip_dtmf_received", on_dtmf)
         room.off("participant_disconnected", on_left)
+        if call.end_reason != "warm_transferred":
+            await _delete_room(call)
+
+
+async def _delete_room(call: LiveKitCall) -> None:
+    """End the room with the agent (idempotent: a room already gone is fine)."""
+    try:
+        await asyncio.wait_for(call.delete_room(), 10)
+    except Exception as e:  # the call is over either way; say why the room may linger
+        logger.warning("could not delete room %s: %s", call.room_name, e)
 
 
 def _outbound(metadata: str) -> bool:
@@ -191,32 +290,28 @@ def _outbound(metadata: str) -> bool:
     return False
 
 
-def current_load(settings: Settings) -> float:
+def current_load() -> float:
     """What the worker reports to LiveKit: 1.0 means full (no more jobs are sent)."""
-    return _active_calls / settings.livekit.max_calls
+    return _calls.load
 
 
 def build_server(settings: Settings) -> AgentServer:
     lk = settings.livekit
+    global _calls
+    _calls = CallSlots(lk.max_calls)
+    metrics.count_calls_of(_calls)
 
     def prewarm(proc: JobProcess) -> None:
-        proc.userdata["models"] = _shared_models(settings)
-
-    def load() -> float:
-        return current_load(settings)
+        proc.userdata["models"] = _host.get(settings)
 
     server = AgentServer(
-        job_executor_type=JobExecutorType.THREAD, setup_fnc=prewarm, load_fnc=load,
+        job_executor_type=JobExecutorType.THREAD, setup_fnc=prewarm, load_fnc=current_load,
         load_threshold=1.0, drain_timeout=int(settings.drain_timeout),
+        host=settings.http.host, port=lk.http_port,
     )  # fmt: skip
 
     async def entrypoint(ctx: JobContext) -> None:
-        shared = await asyncio.to_thread(_shared_models, settings)
-        llm, embedded = await load_llm(settings)
-        models = Models(
-            settings=settings, vad=shared.vad, turn_detector=shared.turn_detector,
-            stt=shared.stt, tts=shared.tts, llm=llm, embedded_llm=embedded,
-        )  # fmt: skip
+        models = await _host.for_job(settings)
         try:
             await ctx.connect()
             participant = await ctx.wait_for_participant()
@@ -225,7 +320,7 @@ def build_server(settings: Settings) -> AgentServer:
                 metadata=ctx.job.metadata,
             )  # fmt: skip
         finally:
-            await models.aclose()
+            await release_job(models)
             ctx.shutdown("call ended")
 
     server.rtc_session(entrypoint, agent_name=lk.agent_name)
@@ -234,6 +329,9 @@ def build_server(settings: Settings) -> AgentServer:
 
 def run(settings: Settings, *, dev: bool) -> None:
     lk = settings.livekit
+    if lk.metrics_port:
+        metrics.serve(settings.http.host, lk.metrics_port)
+        logger.info("metrics on http://%s:%d/metrics", settings.http.host, lk.metrics_port)
     secret: Any = lk.api_secret.get_secret_value() if lk.api_secret else None
     _run_worker(
         build_server(settings),

@@ -16,6 +16,7 @@ from livekit.agents.voice.events import UserStateChangedEvent
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from telephony.audio_io import PacedAudioOutput
+from telephony.call import CallSlots
 
 from .records import CallRecord
 from .turns.speculation import SpeculationTracker
@@ -67,6 +68,18 @@ USER_STAGES = (("end_of_turn", "end_of_turn_delay"), ("stt_final", "transcriptio
 AGENT_STAGES = (("llm_first_token", "llm_node_ttft"), ("tts_first_audio", "tts_node_ttfb"))
 
 
+def count_calls_of(slots: CallSlots) -> None:
+    """The active-calls gauge reads the worker's call registry (one count, not five)."""
+    ACTIVE_CALLS.set_function(lambda: slots.in_use)
+
+
+def serve(host: str, port: int) -> None:
+    """Serve ``/metrics`` from a thread of its own (the LiveKit worker has no web server)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=host, registry=REGISTRY)
+
+
 def render() -> tuple[bytes, str]:
     """The Prometheus exposition of this process's metrics."""
     return generate_latest(REGISTRY), "text/plain; version=0.0.4; charset=utf-8"
@@ -100,13 +113,11 @@ class CallObserver:
 
     def attach(self, session: AgentSession[Any], transport: str) -> None:
         CALLS.labels(transport).inc()
-        ACTIVE_CALLS.inc()
         session.on("user_state_changed", self._on_user_state)
         if self.output is not None:
             self.output.listeners.append(self._on_playout)
 
     def detach(self) -> None:
-        ACTIVE_CALLS.dec()
         if self.output is not None and self._on_playout in self.output.listeners:
             self.output.listeners.remove(self._on_playout)
         self._close_barge_in("resumed")

@@ -218,6 +218,23 @@ async def load_llm(settings: Settings) -> tuple[OpenAICompatLLM, EmbeddedLLMServ
     return llm, server
 
 
+def make_router(settings: Settings) -> Any:
+    """The GPU router when ``router.redis_url`` is set (its Redis client is bound to the loop
+    that first uses it), else None."""
+    url = settings.router.redis_url
+    if not url:
+        return None
+    import redis.asyncio as aioredis
+
+    from infra.router import Router
+
+    r = settings.router
+    return Router(
+        aioredis.from_url(url), prefix=r.prefix, vnodes=r.vnodes, replicas=r.replicas,
+        max_replicas=r.max_replicas, grow_above=r.grow_above,
+    )  # fmt: skip
+
+
 async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> Models:
     """Load the requested parts once, recording how long each took."""
     wanted = set(parts)
@@ -256,16 +273,8 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
                 models.session_tts = _with_fallback("tts", [models.tts, second], models)
             on = f" on {settings.tts.server_url}" if settings.tts.server_url else ""
             timed("tts", t, f"kokoro voice {settings.tts.voice}{on}")
-        if "llm" in wanted and settings.router.redis_url:
-            import redis.asyncio as aioredis
-
-            from infra.router import Router
-
-            r = settings.router
-            models.router = Router(
-                aioredis.from_url(settings.router.redis_url), prefix=r.prefix, vnodes=r.vnodes,
-                replicas=r.replicas, max_replicas=r.max_replicas, grow_above=r.grow_above,
-            )  # fmt: skip
+        if "llm" in wanted:
+            models.router = make_router(settings)
         if "llm" in wanted:
             t = time.perf_counter()
             models.llm, models.embedded_llm = await load_llm(settings)

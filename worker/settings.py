@@ -466,6 +466,14 @@ class LiveKitSettings(BaseModel):
         "convenience. Goodbye.",
         description="Left on an answering machine when an outbound call reaches one.",
     )
+    metrics_port: int = Field(
+        9464, ge=0, le=65535,
+        description="Prometheus `/metrics` of a LiveKit worker, on `http.host` (0: off).",
+    )  # fmt: skip
+    http_port: int = Field(
+        8081, ge=0, le=65535,
+        description="The framework's health and worker page of a LiveKit worker, on `http.host`.",
+    )  # fmt: skip
 
 
 class Settings(BaseSettings):
