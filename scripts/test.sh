@@ -19,6 +19,11 @@ command -v npm >/dev/null || need+=(npm)
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v baresip >/dev/null || need+=(baresip-core)
 command -v redis-server >/dev/null || need+=(redis-server)
+# LiveKit SIP links Opus and SoX's resampler (cgo); pkg-config finds them
+command -v pkg-config >/dev/null || need+=(pkg-config)
+for lib in opus:libopus-dev opusfile:libopusfile-dev soxr:libsoxr-dev; do
+  command -v pkg-config >/dev/null && pkg-config --exists "${lib%%:*}" || need+=("${lib#*:}")
+done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "==> installing ${need[*]}" >&2
@@ -37,6 +42,8 @@ EXTRAS=embedded-llm,orpheus,fallback,dev ./scripts/setup.sh
 # the LiveKit web page's browser SDK (npm), so its test serves the real file, and SmolLM2
 # (the vLLM router test serves it; the LLM plumbing tests run on it, being the fastest)
 .venv/bin/python -m worker download-files --with livekit-client --with smollm2 >/dev/null
+# LiveKit server and SIP from their Go modules, once per machine (kept in the data directory)
+.venv/bin/python -m infra.livekit install
 
 echo "==> ruff" >&2
 .venv/bin/ruff check .

@@ -297,6 +297,10 @@ def current_load() -> float:
 
 def build_server(settings: Settings) -> AgentServer:
     lk = settings.livekit
+    # the framework's plugins register themselves on import, which only the main thread may do;
+    # the models load on a thread of their own
+    from livekit.plugins import silero  # noqa: F401
+
     global _calls
     _calls = CallSlots(lk.max_calls)
     metrics.count_calls_of(_calls)
@@ -329,12 +333,18 @@ def build_server(settings: Settings) -> AgentServer:
 
 def run(settings: Settings, *, dev: bool) -> None:
     lk = settings.livekit
+    server = build_server(settings)
+    # load before registering: LiveKit sends a job only to a worker that can take the call at
+    # once (the framework's dev mode keeps no warmed process that would load them first)
+    started = time.perf_counter()
+    _host.get(settings)
+    logger.info("models ready in %.1fs; registering with %s", time.perf_counter() - started, lk.url)
     if lk.metrics_port:
         metrics.serve(settings.http.host, lk.metrics_port)
         logger.info("metrics on http://%s:%d/metrics", settings.http.host, lk.metrics_port)
     secret: Any = lk.api_secret.get_secret_value() if lk.api_secret else None
     _run_worker(
-        build_server(settings),
+        server,
         proto.CliArgs(
             log_level=settings.log_level, url=lk.url, api_key=lk.api_key, api_secret=secret,
             dev=dev, log_format="colored" if dev else "json",

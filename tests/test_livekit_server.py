@@ -1,0 +1,251 @@
+"""The production path for real: `python -m worker dev` registered with a real LiveKit server
+(built from its Go module by `python -m infra.livekit install`, started here on loopback), and
+callers that reach the agent through it: the `livekit` rtc SDK and headless Chromium on the
+`python -m worker web` page.
+
+WebRTC never pairs loopback candidates, so the server offers its media on the documentation
+address that `scripts/test.sh --offline` puts on a veth pair inside the test's own network
+namespace (192.0.2.1); without it (a developer's plain pytest run) it offers 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from livekit import api
+from pydantic import SecretStr
+
+from infra import livekit as stack
+from plugins.llama_cpp.server import free_port
+from worker import records
+from worker.audio import read_wav, resample
+from worker.settings import Settings
+from worker.web.server import mint_token
+
+from .livekit_caller import RoomCaller
+from .test_browser import CHROMIUM_FLAGS, _caller_wav, _chromium
+
+pytestmark = [pytest.mark.models, pytest.mark.slow, pytest.mark.livekit]
+
+TEST_NET = "192.0.2.1"
+
+
+def _node_ip() -> str:
+    """The namespace's documentation address when it is on an interface here, else loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((TEST_NET, 0))
+            return TEST_NET
+        except OSError:
+            return "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def livekit_stack() -> Iterator[stack.StackConfig]:
+    missing = [b.name for b in stack.BINARIES if not stack.binary_path(b).exists()]
+    if missing:
+        pytest.fail(f"{missing} not built: run `python -m infra.livekit install` (test.sh does)")
+    base = 51000 + os.getpid() % 50 * 100  # media ports of our own, away from other runs
+    conf = stack.StackConfig(
+        node_ip=_node_ip(), port=free_port(), rtc_udp_start=base, rtc_udp_end=base + 99,
+        sip=True, sip_port=free_port(), rtp_start=base + 5000, rtp_end=base + 5099,
+    )  # fmt: skip
+    with stack.running(conf):
+        yield conf
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    log: Path
+
+    def calls(self) -> list[Path]:
+        return list(records.iter_calls(self.data_dir / "calls"))
+
+
+def start_worker(conf: stack.StackConfig, data_dir: Path, log: Path, **env: str) -> Worker:
+    """`python -m worker dev` against the stack; returns once it has registered."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
+    proc_env = {
+        **base, **conf.env(),
+        # transport tests: the fastest real LLM answers (as in conftest's `settings`)
+        "WORKER_LLM__EMBEDDED_MODEL": "smollm2",
+        "WORKER_LIVEKIT__METRICS_PORT": str(free_port()),
+        "WORKER_LIVEKIT__HTTP_PORT": str(free_port()),
+        **env,
+    }  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "dev", "--data-dir", str(data_dir)],
+        env=proc_env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while b"registered worker" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the worker did not register:\n" + log.read_text()[-3000:])
+        time.sleep(0.2)
+    return Worker(proc, data_dir, log)
+
+
+def stop_worker(w: Worker, sig: int = signal.SIGINT) -> int:
+    if w.proc.poll() is None:
+        w.proc.send_signal(sig)
+        try:
+            w.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait()
+    return w.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def worker(
+    livekit_stack: stack.StackConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    from .conftest import models_dir
+
+    data = tmp_path_factory.mktemp("lk-worker")
+    (data / "models").symlink_to(models_dir(), target_is_directory=True)
+    w = start_worker(livekit_stack, data, data / "worker.log")
+    yield w
+    rc = stop_worker(w)
+    assert rc == 0, w.log.read_text()[-3000:]
+
+
+def lk_settings(conf: stack.StackConfig) -> Settings:
+    s = Settings()
+    s.livekit.url, s.livekit.api_key = conf.url, conf.api_key
+    s.livekit.api_secret = SecretStr(conf.api_secret)
+    return s
+
+
+@pytest_asyncio.fixture
+async def lkapi(livekit_stack: stack.StackConfig) -> AsyncIterator[api.LiveKitAPI]:
+    lk = api.LiveKitAPI(
+        livekit_stack.url.replace("ws://", "http://"), livekit_stack.api_key,
+        livekit_stack.api_secret,
+    )  # fmt: skip
+    yield lk
+    await lk.aclose()
+
+
+def transcribe(pcm48k: np.ndarray) -> str:
+    """What the caller heard, in words, by our own STT model."""
+    from faster_whisper import WhisperModel
+
+    from .conftest import models_dir
+
+    model = WhisperModel(str(models_dir() / "whisper-tiny.en"), device="cpu", compute_type="int8")
+    audio = resample(pcm48k, 48000, 16000).astype(np.float32) / 32768
+    segments, _ = model.transcribe(audio, language="en")
+    return " ".join(s.text for s in segments)
+
+
+def _turns(path: Path) -> list[dict[str, Any]]:
+    return [r for r in records.read_records(path) if r.get("type") == "turn"]
+
+
+async def test_sdk_caller_hears_the_greeting_and_a_reply(
+    livekit_stack: stack.StackConfig, worker: Worker, espeak: Any, lkapi: api.LiveKitAPI
+) -> None:
+    before = set(worker.calls())
+    room = f"sdk-{os.getpid()}"
+    caller = RoomCaller(livekit_stack.url, mint_token(lk_settings(livekit_stack), room, "caller"))
+    await caller.join()
+    try:
+        assert await caller.until_quiet(1.5, 60), "no greeting came"
+        greeting_end = caller.audio().size
+        pcm, rate = read_wav(espeak("What time do you open on Saturday?"))
+        caller.say(resample(pcm, rate, 48000))
+        assert await caller.until_reply(60), "no reply came"
+        await caller.until_quiet(2.0, 60)
+        heard = caller.audio()
+    finally:
+        await caller.leave()
+    greeting = transcribe(heard[:greeting_end])
+    assert "help" in greeting.lower(), greeting
+    reply = transcribe(heard[greeting_end:])
+    assert len(reply.split()) >= 2, reply
+    (path,) = set(worker.calls()) - before
+    deadline = time.monotonic() + 30
+    while records.read_records(path)[-1]["type"] != "call_end":
+        assert time.monotonic() < deadline, "the call record was never closed"
+        await asyncio.sleep(0.2)
+    recs = records.read_records(path)
+    start = recs[0]
+    assert start["transport"] == "livekit-web" and start["room"] == room
+    users = [t["text"].lower() for t in _turns(path) if t["role"] == "user"]
+    assert any("saturday" in u for u in users), users
+    assert recs[-1]["type"] == "call_end"
+    # the agent leaves after the record is closed and takes the room with it (well before the
+    # server's own 60 s empty timeout)
+    assert await _room_gone(lkapi, room, 30), "the room outlived the call"
+
+
+async def _room_gone(lk: api.LiveKitAPI, room: str, limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if not (await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms:
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+def test_browser_on_the_web_page(
+    livekit_stack: stack.StackConfig, worker: Worker, espeak: Any, tmp_path: Path
+) -> None:
+    wav = _caller_wav(espeak, tmp_path / "caller.wav")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
+    web = subprocess.Popen(
+        [sys.executable, "-m", "worker", "web", "--http", f"127.0.0.1:{port}",
+         "--data-dir", str(worker.data_dir)],
+        env={**env, **livekit_stack.env()}, stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "web.log", "wb"),
+    )  # fmt: skip
+    before = set(worker.calls())
+    browser = None
+    try:
+        assert web.stdout is not None
+        ready = web.stdout.readline().decode()
+        assert f"127.0.0.1:{port}" in ready, (tmp_path / "web.log").read_text()
+        browser = subprocess.Popen(
+            [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+             f"--use-file-for-fake-audio-capture={wav}",
+             f"http://127.0.0.1:{port}/?autoconnect=1"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "chromium.log", "wb"),
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        turns: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            new = set(worker.calls()) - before
+            if new:
+                turns = _turns(next(iter(new)))
+                users = [i for i, t in enumerate(turns) if t["role"] == "user"]
+                if users and any(t["role"] == "agent" for t in turns[users[0] + 1 :]):
+                    break
+            time.sleep(0.5)
+        assert turns, "no call was recorded: the page did not join the room"
+        assert turns[0]["role"] == "agent" and turns[0]["text"].startswith("Hello"), turns
+        user = next(t for t in turns if t["role"] == "user")
+        assert "pharmacy" in user["text"].lower() or "open tomorrow" in user["text"].lower(), turns
+    finally:
+        if browser is not None:
+            browser.kill()
+            browser.wait()
+        web.send_signal(signal.SIGINT)
+        web.wait(20)
