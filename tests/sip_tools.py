@@ -223,6 +223,7 @@ def invite(
     sdp: str | None = None,
     extra: str = "",
     branch: str = "z9hG4bK-test1",
+    user: str = "agent",
 ) -> str:
     """A minimal INVITE from 127.0.0.1:``local_port``."""
     body = sdp or (
@@ -232,10 +233,10 @@ def invite(
     )
     host, port = target
     return (
-        f"INVITE sip:agent@{host}:{port} SIP/2.0\r\n"
+        f"INVITE sip:{user}@{host}:{port} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch={branch};rport\r\n"
         f"From: <sip:tester@127.0.0.1:{local_port}>;tag=t1\r\n"
-        f"To: <sip:agent@{host}:{port}>\r\n"
+        f"To: <sip:{user}@{host}:{port}>\r\n"
         f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
         f"Contact: <sip:tester@127.0.0.1:{local_port}>\r\n{extra}"
         f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
@@ -249,8 +250,9 @@ class SipCaller:
 
     VOICED_RMS = 300.0
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], user: str = "agent") -> None:
         self.target = target
+        self.user = user
         self.sip = RawSip()
         self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rtp.bind(("127.0.0.1", 0))
@@ -271,7 +273,7 @@ class SipCaller:
             f"m=audio {self.rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
             "a=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n"
         )
-        msg = invite(self.target, self.sip.port, call_id=self.call_id, sdp=offer)
+        msg = invite(self.target, self.sip.port, call_id=self.call_id, sdp=offer, user=self.user)
         self.sip.send(msg, self.target)
         code, text = self.sip.recv_status()
         if code != 200:
@@ -290,7 +292,7 @@ class SipCaller:
     def _request(self, method: str, cseq: int) -> str:
         host, port = self.target
         return (
-            f"{method} sip:agent@{host}:{port} SIP/2.0\r\n"
+            f"{method} sip:{self.user}@{host}:{port} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 127.0.0.1:{self.sip.port};branch=z9hG4bK{method}{cseq};rport\r\n"
             f"From: <sip:tester@127.0.0.1:{self.sip.port}>;tag=t1\r\nTo: {self.to_header}\r\n"
             f"Call-ID: {self.call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n"

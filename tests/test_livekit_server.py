@@ -36,11 +36,15 @@ from worker.settings import Settings
 from worker.web.server import mint_token
 
 from .livekit_caller import RoomCaller
+from .sip_tools import SipCaller
 from .test_browser import CHROMIUM_FLAGS, _caller_wav, _chromium
 
 pytestmark = [pytest.mark.models, pytest.mark.slow, pytest.mark.livekit]
 
 TEST_NET = "192.0.2.1"
+LOAD_MARGIN = 2.0
+"""The 3 s answer target is checked with room for a loaded 2-core machine; the benchmark
+reports the real figure."""
 
 
 def _node_ip() -> str:
@@ -249,3 +253,65 @@ def test_browser_on_the_web_page(
             browser.wait()
         web.send_signal(signal.SIGINT)
         web.wait(20)
+
+
+SIP_SPEC = """
+agent_name: voice-agent
+inbound_trunks:
+  - name: test-line
+    numbers: ["+15551230000"]
+    allowed_addresses: ["127.0.0.1/32"]
+dispatch_rules:
+  - name: test-line-calls
+    type: individual
+    trunks: [test-line]
+    room_prefix: call-
+"""
+
+
+def provision(conf: stack.StackConfig, tmp_path: Path) -> str:
+    """`python -m telephony provision` against the real server, as an operator runs it."""
+    spec = tmp_path / "sip.yaml"
+    spec.write_text(SIP_SPEC)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "telephony", "provision", str(spec)],
+        env={**env, **conf.env()}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+async def test_phone_call_through_livekit_sip_is_answered_and_greeted(
+    livekit_stack: stack.StackConfig, worker: Worker, tmp_path: Path, lkapi: api.LiveKitAPI
+) -> None:
+    first = provision(livekit_stack, tmp_path)
+    assert "CreateSIPInboundTrunk" in first and "CreateSIPDispatchRule" in first, first
+    assert "nothing to change" in provision(livekit_stack, tmp_path)  # idempotent
+    before = set(worker.calls())
+    phone = SipCaller(("127.0.0.1", livekit_stack.sip_port), user="+15551230000")
+    try:
+        sent = time.monotonic()
+        # LiveKit SIP answers once the agent's track is subscribed; the worker used to wait
+        # for the answer before publishing it, and the call rang forever
+        await asyncio.to_thread(phone.dial)
+        answered_after = time.monotonic() - sent
+        print(f"INVITE answered after {answered_after:.2f} s")
+        await phone.wait_agent_quiet(quiet=1.5, limit=60)
+        greeting = np.concatenate(phone.heard)
+        code = await asyncio.to_thread(phone.hang_up)
+    finally:
+        phone.close()
+    assert answered_after < 3.0 * LOAD_MARGIN, answered_after
+    assert code == 200
+    heard = transcribe(resample(greeting, 8000, 48000))
+    assert "help" in heard.lower(), heard
+    (path,) = set(worker.calls()) - before
+    deadline = time.monotonic() + 30
+    while records.read_records(path)[-1]["type"] != "call_end":
+        assert time.monotonic() < deadline, "the call record was never closed"
+        await asyncio.sleep(0.2)
+    start = records.read_records(path)[0]
+    assert start["transport"] == "livekit-sip"
+    assert start["trunk_phone_number"] == "+15551230000"
+    assert await _room_gone(lkapi, start["room"], 30)
