@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from infra import livekit as stack
 from worker.settings import load_settings
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
@@ -44,29 +45,42 @@ def test_compose_wires_every_service() -> None:
         assert "image" in svc or "build" in svc, name
         for dep in svc.get("depends_on", []):
             assert dep in services, (name, dep)
+    # host networking everywhere (use_external_ip needs the host's addresses); the services
+    # meet on loopback, and nothing else is published
+    for name, svc in services.items():
+        assert svc["network_mode"] == "host" and "ports" not in svc, name
+    assert "127.0.0.1" in services["redis"]["command"]
+    # the images are the versions the tests build and run (python -m infra.livekit)
+    assert services["livekit"]["image"].endswith(":" + stack.SERVER.version)
+    assert services["sip"]["image"].endswith(":" + stack.SIP.version)
     # LiveKit server: keys from the environment, Redis shared with SIP
     lk = services["livekit"]
     assert lk["environment"]["LIVEKIT_KEYS"] == f"APIkey: {'s' * 32}"
     lk_conf = yaml.safe_load((INFRA / "livekit.yaml").read_text())
-    assert lk_conf["redis"]["address"] == "redis:6379" and lk_conf["port"] == 7880
-    assert any(p.startswith("7880") for p in lk["ports"])
-    # LiveKit SIP: same key pair, the server's address, the same Redis, SIP and RTP ports
+    assert lk_conf["redis"]["address"] == "127.0.0.1:6379" and lk_conf["port"] == 7880
+    assert lk_conf["bind_addresses"] == ["127.0.0.1"]
+    # LiveKit SIP: same key pair, the server's address, the same Redis
     sip = yaml.safe_load(services["sip"]["environment"]["SIP_CONFIG_BODY"])
     assert (sip["api_key"], sip["api_secret"]) == ("APIkey", "s" * 32)
-    assert sip["ws_url"] == "ws://livekit:7880" and sip["redis"]["address"] == "redis:6379"
-    low, high = map(int, sip["rtp_port"].split("-"))
-    assert f"{low}-{high}:{low}-{high}/udp" in services["sip"]["ports"]
-    assert "5060:5060/udp" in services["sip"]["ports"]
+    assert sip["ws_url"] == "ws://127.0.0.1:7880"
+    assert sip["redis"]["address"] == "127.0.0.1:6379"
     # vLLM: its config file exists and enables what the worker relies on
     vllm = yaml.safe_load((INFRA / "vllm/llm.yaml").read_text())
     assert vllm["port"] == 8000 and vllm["enable-prefix-caching"] is True
+    assert vllm["host"] == "127.0.0.1"
     assert vllm["enable-auto-tool-choice"] is True
     # the worker: every variable is one our settings understand, pointing at the services
     env = services["worker"]["environment"]
-    assert env["LIVEKIT_URL"] == "ws://livekit:7880"
-    assert env["WORKER_LLM__BASE_URL"] == f"http://vllm:{vllm['port']}/v1"
+    assert env["LIVEKIT_URL"] == "ws://127.0.0.1:7880"
+    assert env["WORKER_LLM__BASE_URL"] == f"http://127.0.0.1:{vllm['port']}/v1"
     assert services["worker"]["command"][-1] == "start"
-    assert (INFRA / services["worker"]["build"]["dockerfile"].split("/")[-1]).exists()
+    # Docker waits past the drain (calls go on, then the closing line) before it kills
+    grace = services["worker"]["stop_grace_period"]
+    assert grace.endswith("m") and int(grace[:-1]) * 60 >= float(env["WORKER_DRAIN_TIMEOUT"]) + 30
+    dockerfile = (INFRA / services["worker"]["build"]["dockerfile"].split("/")[-1]).read_text()
+    # what the image needs: npm for the Kokoro voices, the whole infra package, a writable /data
+    assert "npm" in dockerfile and "COPY infra infra" in dockerfile
+    assert "chown -R agent /data" in dockerfile
 
 
 def test_worker_environment_is_read_by_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,8 +88,8 @@ def test_worker_environment_is_read_by_the_settings(monkeypatch: pytest.MonkeyPa
     for k, v in env.items():
         monkeypatch.setenv(k, str(v))
     s = load_settings()
-    assert s.livekit.url == "ws://livekit:7880" and s.livekit.api_key == "APIkey"
-    assert s.llm.base_url == "http://vllm:8000/v1"
+    assert s.livekit.url == "ws://127.0.0.1:7880" and s.livekit.api_key == "APIkey"
+    assert s.llm.base_url == "http://127.0.0.1:8000/v1" and s.drain_timeout == 300
     assert str(s.data_dir) == "/data" and s.livekit.agent_name == "voice-agent"
 
 
