@@ -90,6 +90,13 @@ class RoomCaller:
             await asyncio.sleep(0.05)
         return False
 
+    async def until_said(self) -> None:
+        """Wait until everything queued has gone out (``said_until`` is then set)."""
+        while True:
+            if not self._queue and self.said_until:
+                return
+            await asyncio.sleep(0.01)
+
     def audio(self) -> np.ndarray:
         return np.concatenate(self.heard) if self.heard else np.zeros(0, np.int16)
 
