@@ -25,6 +25,7 @@ File format::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import statistics
@@ -218,6 +219,12 @@ class _FirstToken:
             self.first = ttft
 
 
+def _said_anything(session: AgentSession[Any]) -> bool:
+    return any(
+        isinstance(m, llm.ChatMessage) and m.role == "assistant" for m in session.history.items
+    )
+
+
 async def run_conversation(
     models: Models, settings: Settings, conv: Conversation, report: EvalReport
 ) -> None:
@@ -227,7 +234,15 @@ async def run_conversation(
     session: AgentSession[Any] = AgentSession(llm=models.llm)
     timer = _FirstToken(models.llm)
     await session.start(agent)
-    if session.current_speech is not None:  # the greeting, into the history as in a call
+    # the greeting, into the history as in a call: the agent's on_enter may only get to it
+    # after start() returns (on a busy machine it did), and a first turn sent meanwhile raced
+    # the greeting and came back empty
+    deadline = time.monotonic() + 30
+    while settings.agent.greeting and session.current_speech is None:
+        if _said_anything(session) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    if session.current_speech is not None:
         await session.current_speech.wait_for_playout()
     try:
         for turn in conv.turns:
