@@ -46,6 +46,9 @@ LINES = [
     "Do you have a vegetarian menu?",
     "Great, thank you very much.",
 ]
+QUIET = 3.0
+"""Seconds of agent silence that end a reply: on two busy cores a gap between two synthesised
+pieces of one reply passed 1.5 s, and the next line then started over the reply."""
 SPEC = """
 agent_name: voice-agent
 inbound_trunks:
@@ -71,16 +74,21 @@ async def rtc_call(conf: stack.StackConfig, lines: list[np.ndarray], n: int) -> 
     await caller.join()
     out = []
     try:
-        await caller.until_quiet(1.5, 60)  # the greeting
+        await caller.until_quiet(QUIET, 60)  # the greeting
         for pcm in lines:
             voiced = len(caller.voiced_at)
             caller.say(pcm)
             await caller.until_said()
             said = caller.said_until
-            if not await caller.until_reply(60):
+            deadline = time.monotonic() + 60
+            while (first := _first_after(caller.voiced_at[voiced:], said)) is None:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+            if first is None:
                 break
-            out.append((caller.voiced_at[voiced] - said) * 1000)
-            await caller.until_quiet(1.5, 60)
+            out.append((first - said) * 1000)
+            await caller.until_quiet(QUIET, 60)
             caller.said_until = 0.0
     finally:
         await caller.leave()
@@ -94,21 +102,28 @@ async def sip_call(conf: stack.StackConfig, lines: list[np.ndarray]) -> tuple[fl
         t = time.monotonic()
         await asyncio.to_thread(phone.dial)
         answered = (time.monotonic() - t) * 1000
-        await phone.wait_agent_quiet(quiet=1.5, limit=60)
+        await phone.wait_agent_quiet(quiet=QUIET, limit=60)
         for pcm in lines:
             voiced = len(phone.voiced_at)
             said = await phone.stream(resample(pcm, 48000, 8000))
             deadline = time.time() + 60
-            while len(phone.voiced_at) == voiced and time.time() < deadline:
+            while (first := _first_after(phone.voiced_at[voiced:], said)) is None:
+                if time.time() > deadline:
+                    break
                 await phone.silence(0.02)
-            if len(phone.voiced_at) == voiced:
+            if first is None:
                 break
-            out.append((phone.voiced_at[voiced] - said) * 1000)
-            await phone.wait_agent_quiet(quiet=1.5, limit=60)
+            out.append((first - said) * 1000)
+            await phone.wait_agent_quiet(quiet=QUIET, limit=60)
         await asyncio.to_thread(phone.hang_up)
     finally:
         phone.close()
     return answered, out
+
+
+def _first_after(times: list[float], t0: float) -> float | None:
+    """The first voiced block after the caller finished (not the tail of the last reply)."""
+    return next((t for t in times if t > t0), None)
 
 
 def pct(xs: list[float], q: float) -> float:
