@@ -53,3 +53,25 @@ async def tool_calling_llm(
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}/v1"
+
+
+class ThreadedToolLLM:
+    """:func:`tool_calling_llm` on a loop of its own thread, for a worker in another process
+    (a module-scoped fixture has no event loop to serve it from)."""
+
+    def __init__(self, rules: dict[str, str]) -> None:
+        import asyncio
+        import threading
+
+        self.requests: list[dict[str, Any]] = []
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._runner, self.url = asyncio.run_coroutine_threadsafe(
+            tool_calling_llm(self.requests, rules), self._loop
+        ).result(10)
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)

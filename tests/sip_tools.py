@@ -332,6 +332,70 @@ class SipCaller:
             await _sleep_until(start + (i + 1) * 0.02)
         return time.time()
 
+    async def send_digit(self, digit: str) -> None:
+        """One RFC 4733 telephone-event (payload type 101): 100 ms, then three end packets."""
+        assert self.remote_media is not None
+        event = "0123456789*#".index(digit)
+        start = time.monotonic()
+        for i in range(8):
+            end = i >= 5
+            duration = min(i + 1, 5) * 160
+            payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, duration)
+            marker = 0x80 if i == 0 else 0
+            head = struct.pack("!BBHII", 0x80, marker | 101, self._seq & 0xFFFF, self._ts, 0x5EED)
+            self.rtp.sendto(head + payload, self.remote_media)
+            self._seq += 1
+            self._drain()
+            await _sleep_until(start + (i + 1) * 0.02)
+        self._ts = (self._ts + 5 * 160) & 0xFFFFFFFF
+
+    def requests(self) -> list[str]:
+        """In-dialog requests the far end sent (BYE, REFER, ...), each answered: 200, or 202
+        for a REFER followed by a NOTIFY saying the transfer target answered."""
+        got = []
+        self.sip.sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    data, addr = self.sip.sock.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                text = data.decode(errors="replace")
+                if text.startswith("SIP/2.0"):
+                    continue  # a response (to our NOTIFY)
+                got.append(text)
+                self.sip.sock.sendto(
+                    _response(text, 202 if text.startswith("REFER") else 200), addr
+                )
+                if text.startswith("REFER"):
+                    self._notify_transfer_done(addr)
+        finally:
+            self.sip.sock.settimeout(5)
+        return got
+
+    def _notify_transfer_done(self, addr: tuple[str, int]) -> None:
+        body = "SIP/2.0 200 OK\r\n"
+        host, port = self.target
+        self.sip.sock.sendto((
+            f"NOTIFY sip:{self.user}@{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.sip.port};branch=z9hG4bKnotify{self._seq};rport\r\n"
+            f"From: <sip:tester@127.0.0.1:{self.sip.port}>;tag=t1\r\nTo: {self.to_header}\r\n"
+            f"Call-ID: {self.call_id}\r\nCSeq: 3 NOTIFY\r\nMax-Forwards: 70\r\n"
+            "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n"
+            "Content-Type: message/sipfrag;version=2.0\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}"
+        ).encode(), addr)  # fmt: skip
+
+    async def until_request(self, method: str, limit: float) -> str | None:
+        """Stream silence until the far end sends ``method``; its text, or None."""
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            for req in self.requests():
+                if req.startswith(method + " "):
+                    return req
+            await self.silence(0.1)
+        return None
+
     async def silence(self, seconds: float) -> None:
         await self.stream(np.zeros(int(seconds * 8000), np.int16))
 
@@ -347,6 +411,16 @@ class SipCaller:
     def close(self) -> None:
         self.sip.close()
         self.rtp.close()
+
+
+def _response(request: str, code: int) -> bytes:
+    """A response to ``request`` echoing its dialog headers."""
+    head = request.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+    keep = [h for h in head if h.split(":", 1)[0].strip().lower()
+            in ("via", "from", "to", "call-id", "cseq")]  # fmt: skip
+    reason = {200: "OK", 202: "Accepted"}[code]
+    return (f"SIP/2.0 {code} {reason}\r\n" + "\r\n".join(keep)
+            + "\r\nContent-Length: 0\r\n\r\n").encode()  # fmt: skip
 
 
 async def _sleep_until(deadline: float) -> None:

@@ -11,6 +11,7 @@ namespace (192.0.2.1); without it (a developer's plain pytest run) it offers 127
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -35,6 +36,7 @@ from worker.audio import read_wav, resample
 from worker.settings import Settings
 from worker.web.server import mint_token
 
+from .fake_llm import ThreadedToolLLM
 from .livekit_caller import RoomCaller
 from .sip_tools import SipCaller
 from .test_browser import CHROMIUM_FLAGS, _caller_wav, _chromium
@@ -315,3 +317,111 @@ async def test_phone_call_through_livekit_sip_is_answered_and_greeted(
     assert start["transport"] == "livekit-sip"
     assert start["trunk_phone_number"] == "+15551230000"
     assert await _room_gone(lkapi, start["room"], 30)
+
+
+TOOL_SPEC = """
+agent_name: tool-agent
+inbound_trunks:
+  - name: tool-line
+    numbers: ["+15551230001"]
+    allowed_addresses: ["127.0.0.1/32"]
+dispatch_rules:
+  - name: tool-line-calls
+    type: individual
+    trunks: [tool-line]
+    room_prefix: tool-
+"""
+TRANSFER_TARGET = "sip:front-desk@127.0.0.1:5099"
+
+
+@pytest.fixture(scope="module")
+def tool_worker(
+    livekit_stack: stack.StackConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Worker, ThreadedToolLLM]]:
+    """A second worker, another agent name, whose LLM endpoint calls tools on cue.
+
+    Why a scripted LLM: the offline models do not call a tool on cue every time, and these
+    tests are about what the SIP bridge does when a tool runs, not about the model."""
+    from .conftest import models_dir
+
+    fake = ThreadedToolLLM({"bye": "end_call", "person": "transfer_to_human"})
+    data = tmp_path_factory.mktemp("lk-tools")
+    (data / "models").symlink_to(models_dir(), target_is_directory=True)
+    spec = data / "sip.yaml"
+    spec.write_text(TOOL_SPEC)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
+    subprocess.run([sys.executable, "-m", "telephony", "provision", str(spec)],
+                   env={**env, **livekit_stack.env()}, check=True, capture_output=True)  # fmt: skip
+    w = start_worker(
+        livekit_stack, data, data / "worker.log", WORKER_LLM__BASE_URL=fake.url,
+        WORKER_LLM__MODEL="scripted", WORKER_LIVEKIT__AGENT_NAME="tool-agent",
+        WORKER_LIVEKIT__TRANSFER_TARGET=TRANSFER_TARGET, WORKER_AGENT__DTMF_GAP="0.5",
+    )  # fmt: skip
+    yield w, fake
+    stop_worker(w)
+    fake.close()
+
+
+async def _dial_tool_line(conf: stack.StackConfig) -> SipCaller:
+    phone = SipCaller(("127.0.0.1", conf.sip_port), user="+15551230001")
+    await asyncio.to_thread(phone.dial)
+    await phone.wait_agent_quiet(quiet=1.5, limit=60)  # the greeting
+    return phone
+
+
+async def _closed_record(w: Worker, before: set[Path]) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 30
+    while True:
+        new = set(w.calls()) - before
+        if new:
+            recs = records.read_records(next(iter(new)))
+            if recs[-1]["type"] == "call_end":
+                return recs
+        assert time.monotonic() < deadline, "the call record was never closed"
+        await asyncio.sleep(0.2)
+
+
+async def test_digits_reach_the_record_and_end_call_hangs_up_the_phone(
+    livekit_stack: stack.StackConfig, tool_worker: tuple[Worker, ThreadedToolLLM], espeak: Any
+) -> None:
+    w, fake = tool_worker
+    before = set(w.calls())
+    phone = await _dial_tool_line(livekit_stack)
+    try:
+        for d in "12#":
+            await phone.send_digit(d)  # RFC 4733 events through LiveKit SIP
+            await phone.silence(0.2)
+        await phone.silence(1.5)
+        pcm, rate = read_wav(espeak("Thanks, that is all. Goodbye!"))
+        await phone.stream(resample(pcm, rate, 8000))
+        bye = await phone.until_request("BYE", 60)  # the agent's end_call deletes the room
+    finally:
+        phone.close()
+    assert bye is not None, "the phone never got a BYE"
+    recs = await _closed_record(w, before)
+    assert [r["digit"] for r in recs if r["type"] == "dtmf"] == ["1", "2", "#"]
+    assert recs[-1]["reason"] == "agent_hangup"
+    # the keys reached the conversation too
+    assert any("1 2" in json.dumps(r["messages"]) for r in fake.requests)
+
+
+async def test_transfer_tool_refers_the_phone_to_the_target(
+    livekit_stack: stack.StackConfig, tool_worker: tuple[Worker, ThreadedToolLLM], espeak: Any
+) -> None:
+    w, _ = tool_worker
+    before = set(w.calls())
+    phone = await _dial_tool_line(livekit_stack)
+    try:
+        pcm, rate = read_wav(espeak("Can I speak to a real person, please?"))
+        await phone.stream(resample(pcm, rate, 8000))
+        refer = await phone.until_request("REFER", 60)
+        # LiveKit SIP hangs up our leg once the transfer is accepted
+        bye = await phone.until_request("BYE", 30) if refer else None
+    finally:
+        phone.close()
+    assert refer is not None, "no REFER reached the phone"
+    refer_to = next(h for h in refer.split("\r\n") if h.lower().startswith(("refer-to:", "r:")))
+    assert "front-desk@127.0.0.1:5099" in refer_to, refer_to
+    assert bye is not None
+    recs = await _closed_record(w, before)
+    assert recs[-1]["reason"] == "transferred"
