@@ -373,8 +373,11 @@ class SipCaller:
             self.sip.sock.settimeout(5)
         return got
 
+    transfer_result = "200 OK"
+    """What the NOTIFY after a REFER says the transfer target answered."""
+
     def _notify_transfer_done(self, addr: tuple[str, int]) -> None:
-        body = "SIP/2.0 200 OK\r\n"
+        body = f"SIP/2.0 {self.transfer_result}\r\n"
         host, port = self.target
         self.sip.sock.sendto((
             f"NOTIFY sip:{self.user}@{host}:{port} SIP/2.0\r\n"

@@ -425,3 +425,33 @@ async def test_transfer_tool_refers_the_phone_to_the_target(
     assert bye is not None
     recs = await _closed_record(w, before)
     assert recs[-1]["reason"] == "transferred"
+
+
+async def test_a_failed_transfer_keeps_the_caller_with_the_agent(
+    livekit_stack: stack.StackConfig, tool_worker: tuple[Worker, ThreadedToolLLM], espeak: Any
+) -> None:
+    """The target is busy (the NOTIFY says 486): the call is not reported as transferred, the
+    LLM hears that it failed, and the caller is still on the line with the agent."""
+    w, fake = tool_worker
+    before = set(w.calls())
+    phone = await _dial_tool_line(livekit_stack)
+    phone.transfer_result = "486 Busy Here"
+    try:
+        pcm, rate = read_wav(espeak("Can I speak to a real person, please?"))
+        await phone.stream(resample(pcm, rate, 8000))
+        assert await phone.until_request("REFER", 60) is not None
+        asked = len(fake.requests)
+        # the failure goes back to the LLM, which answers the caller
+        deadline = time.monotonic() + 60
+        while not any(
+            "transfer failed" in json.dumps(r["messages"]) for r in fake.requests[asked:]
+        ):
+            assert time.monotonic() < deadline, "the LLM never heard that the transfer failed"
+            await phone.silence(0.1)
+        assert await phone.until_request("BYE", 3) is None, "the caller was hung up on"
+        code = await asyncio.to_thread(phone.hang_up)
+    finally:
+        phone.close()
+    assert code == 200
+    recs = await _closed_record(w, before)
+    assert recs[-1]["reason"] == "caller_hangup"
