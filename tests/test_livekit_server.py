@@ -347,11 +347,7 @@ def tool_worker(
     fake = ThreadedToolLLM({"bye": "end_call", "person": "transfer_to_human"})
     data = tmp_path_factory.mktemp("lk-tools")
     (data / "models").symlink_to(models_dir(), target_is_directory=True)
-    spec = data / "sip.yaml"
-    spec.write_text(TOOL_SPEC)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
-    subprocess.run([sys.executable, "-m", "telephony", "provision", str(spec)],
-                   env={**env, **livekit_stack.env()}, check=True, capture_output=True)  # fmt: skip
+    _provision_text(livekit_stack, TOOL_SPEC, data)
     w = start_worker(
         livekit_stack, data, data / "worker.log", WORKER_LLM__BASE_URL=fake.url,
         WORKER_LLM__MODEL="scripted", WORKER_LIVEKIT__AGENT_NAME="tool-agent",
@@ -360,6 +356,14 @@ def tool_worker(
     yield w, fake
     stop_worker(w)
     fake.close()
+
+
+def _provision_text(conf: stack.StackConfig, spec_text: str, where: Path) -> None:
+    spec = where / "sip.yaml"
+    spec.write_text(spec_text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
+    subprocess.run([sys.executable, "-m", "telephony", "provision", str(spec)],
+                   env={**env, **conf.env()}, check=True, capture_output=True)  # fmt: skip
 
 
 async def _dial_tool_line(conf: stack.StackConfig) -> SipCaller:
@@ -455,3 +459,84 @@ async def test_a_failed_transfer_keeps_the_caller_with_the_agent(
     assert code == 200
     recs = await _closed_record(w, before)
     assert recs[-1]["reason"] == "caller_hangup"
+
+
+DRAIN_SPEC = """
+agent_name: drain-agent
+inbound_trunks:
+  - name: drain-line
+    numbers: ["+15551230002"]
+    allowed_addresses: ["127.0.0.1/32"]
+dispatch_rules:
+  - name: drain-line-calls
+    type: individual
+    trunks: [drain-line]
+    room_prefix: drain-
+"""
+
+
+async def _new_call_in(workers: list[Worker], before: list[set[Path]], limit: float) -> int:
+    """Which worker's data directory got the new call record."""
+    deadline = time.monotonic() + limit
+    while True:
+        for i, w in enumerate(workers):
+            if set(w.calls()) - before[i]:
+                return i
+        assert time.monotonic() < deadline, "no worker recorded the call"
+        await asyncio.sleep(0.2)
+
+
+async def test_two_workers_share_calls_and_a_drained_one_says_goodbye(
+    livekit_stack: stack.StackConfig, tmp_path: Path
+) -> None:
+    """Two workers of one agent, one call each at most: the second call goes to the worker
+    that is free; SIGTERM makes a worker finish its call politely (the closing line, then a
+    BYE) and exit, and the next call goes to the other one."""
+    from .conftest import models_dir
+
+    fake = ThreadedToolLLM({})  # a scripted LLM: these calls are about dispatch, not replies
+    await asyncio.to_thread(_provision_text, livekit_stack, DRAIN_SPEC, tmp_path)
+    workers: list[Worker] = []
+    phones: list[SipCaller] = []
+    try:
+        for n in range(2):
+            data = tmp_path / f"w{n}"
+            data.mkdir()
+            (data / "models").symlink_to(models_dir(), target_is_directory=True)
+            workers.append(await asyncio.to_thread(
+                start_worker, livekit_stack, data, data / "worker.log",
+                WORKER_LLM__BASE_URL=fake.url,
+                WORKER_LLM__MODEL="scripted", WORKER_LIVEKIT__AGENT_NAME="drain-agent",
+                WORKER_LIVEKIT__MAX_CALLS="1", WORKER_DRAIN_TIMEOUT="2",
+            ))  # fmt: skip
+
+        async def dial() -> tuple[SipCaller, int]:
+            before = [set(w.calls()) for w in workers]
+            phone = SipCaller(("127.0.0.1", livekit_stack.sip_port), user="+15551230002")
+            phones.append(phone)
+            await asyncio.to_thread(phone.dial)
+            await phone.wait_agent_quiet(quiet=1.0, limit=60)
+            return phone, await _new_call_in(workers, before, 30)
+
+        first, a = await dial()
+        second, b = await dial()
+        assert b != a, "the second call went to the full worker"
+        assert await asyncio.to_thread(second.hang_up) == 200
+        # SIGTERM the first call's worker: 2 s more of the call, then the closing line, a BYE
+        workers[a].proc.send_signal(signal.SIGTERM)
+        bye = await first.until_request("BYE", 60)
+        assert bye is not None, "the drained worker left its caller on the line"
+        assert await asyncio.to_thread(workers[a].proc.wait, 60) == 0
+        recs = records.read_records(max(workers[a].calls(), key=lambda p: p.stat().st_mtime))
+        assert recs[-1]["type"] == "call_end" and recs[-1]["reason"] == "worker_shutdown"
+        said = [r["text"] for r in recs if r.get("role") == "agent"]
+        assert Settings().agent.closing in said, said
+        # the next call goes to the worker still running
+        _, c = await dial()
+        assert c == b
+    finally:
+        for p in phones:
+            p.close()
+        for w in workers:
+            stop_worker(w)
+        fake.close()

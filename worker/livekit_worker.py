@@ -290,6 +290,20 @@ def _outbound(metadata: str) -> bool:
     return False
 
 
+CLOSING_BUDGET_S = 30
+"""Seconds past ``drain_timeout`` for the closing line and the hang-up."""
+
+
+async def _close_when_drained(server: AgentServer, call: LiveKitCall, settings: Settings) -> None:
+    """Once the worker drains (SIGTERM), give the call ``drain_timeout`` seconds, then have the
+    agent say ``agent.closing`` and hang up (``run_call`` acts on ``call.closing``)."""
+    while not server.draining:  # noqa: ASYNC110 (a flag of the main loop, in another thread)
+        await asyncio.sleep(0.25)
+    logger.info("draining: call %s may go on for %.0fs", call.call_id, settings.drain_timeout)
+    await asyncio.sleep(settings.drain_timeout)
+    call.closing.set()
+
+
 def current_load() -> float:
     """What the worker reports to LiveKit: 1.0 means full (no more jobs are sent)."""
     return _calls.load
@@ -308,10 +322,12 @@ def build_server(settings: Settings) -> AgentServer:
     def prewarm(proc: JobProcess) -> None:
         proc.userdata["models"] = _host.get(settings)
 
+    # the framework's drain waits for the jobs; ours end them itself after drain_timeout, with
+    # the closing line, so the framework's own limit leaves room for that goodbye
     server = AgentServer(
         job_executor_type=JobExecutorType.THREAD, setup_fnc=prewarm, load_fnc=current_load,
-        load_threshold=1.0, drain_timeout=int(settings.drain_timeout),
-        host=settings.http.host, port=lk.http_port,
+        load_threshold=1.0, drain_timeout=int(settings.drain_timeout) + CLOSING_BUDGET_S,
+        host=settings.http.host, port=lk.http_port, num_idle_processes=1,
     )  # fmt: skip
 
     async def entrypoint(ctx: JobContext) -> None:
@@ -319,10 +335,19 @@ def build_server(settings: Settings) -> AgentServer:
         try:
             await ctx.connect()
             participant = await ctx.wait_for_participant()
-            await handle_participant(
-                models, ctx.room, participant, make_api=api_factory(settings),
-                metadata=ctx.job.metadata,
-            )  # fmt: skip
+            watchers: list[asyncio.Task[None]] = []
+
+            def on_call(call: LiveKitCall) -> None:
+                watchers.append(asyncio.create_task(_close_when_drained(server, call, settings)))
+
+            try:
+                await handle_participant(
+                    models, ctx.room, participant, make_api=api_factory(settings),
+                    metadata=ctx.job.metadata, on_call=on_call,
+                )  # fmt: skip
+            finally:
+                for t in watchers:
+                    t.cancel()
         finally:
             await release_job(models)
             ctx.shutdown("call ended")
@@ -347,6 +372,8 @@ def run(settings: Settings, *, dev: bool) -> None:
         server,
         proto.CliArgs(
             log_level=settings.log_level, url=lk.url, api_key=lk.api_key, api_secret=secret,
-            dev=dev, log_format="colored" if dev else "json",
+            # never the framework's dev mode: it skips the drain, and a developer's Ctrl+C or
+            # SIGTERM should end calls as politely as production does
+            dev=False, log_format="colored" if dev else "json",
         ),
     )  # fmt: skip
