@@ -213,6 +213,9 @@ class StackConfig:
             "nat_1_to_1_ip": "127.0.0.1",
             "rtp_port": {"start": self.rtp_start, "end": self.rtp_end},
             "use_external_ip": False,
+            # LiveKit SIP refuses calls ("cpu exhausted") above 90% CPU by default; on a
+            # developer's machine the worker beside it is what keeps the CPU busy
+            "max_cpu_utilization": 1.0,
             "logging": {"level": "info"},
         }
 

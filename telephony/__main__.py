@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from livekit import api
 
-from .livekit_call import dial
+from .livekit_call import DialError, dial
 from .provision import ProvisionError, load_spec, provision
 
 
@@ -71,6 +71,9 @@ async def _call(args: argparse.Namespace) -> int:
             lk, number=args.number, trunk_id=trunk, room=room,
             agent_name=args.agent_name or settings.livekit.agent_name,
         )  # fmt: skip
+    except DialError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         await lk.aclose()
     print(json.dumps({"room": room, "dispatch_id": dispatch.id,

@@ -203,16 +203,37 @@ async def dial(
     agent_name: str,
     wait_until_answered: bool = True,
 ) -> tuple[dispatch_pb.AgentDispatch, sip_pb.SIPParticipantInfo]:
-    """Dispatch the agent to ``room`` and dial ``number`` into it through LiveKit SIP."""
+    """Dispatch the agent to ``room`` and dial ``number`` into it through LiveKit SIP.
+
+    If the number is not reached (busy, no answer, refused), the dispatch and the room are
+    removed again, so no agent is left waiting in an empty room, and :class:`DialError` says
+    why."""
     meta = json.dumps({"outbound": True, "phone_number": number})
     dispatch = await lk.agent_dispatch.create_dispatch(
         dispatch_pb.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=meta)
     )
-    participant = await lk.sip.create_sip_participant(
-        sip_pb.CreateSIPParticipantRequest(
-            sip_trunk_id=trunk_id, sip_call_to=number, room_name=room,
-            participant_identity=outbound_identity(number), participant_name=number,
-            wait_until_answered=wait_until_answered, play_dialtone=False,
-        )
-    )  # fmt: skip
+    try:
+        participant = await lk.sip.create_sip_participant(
+            sip_pb.CreateSIPParticipantRequest(
+                sip_trunk_id=trunk_id, sip_call_to=number, room_name=room,
+                participant_identity=outbound_identity(number), participant_name=number,
+                wait_until_answered=wait_until_answered, play_dialtone=False,
+            )
+        )  # fmt: skip
+    except api.TwirpError as e:
+        for undo in (
+            lambda: lk.agent_dispatch.delete_dispatch(dispatch.id, room),
+            lambda: lk.room.delete_room(room_pb.DeleteRoomRequest(room=room)),
+        ):
+            try:
+                await undo()
+            except api.TwirpError as gone:  # already gone is fine; anything else is logged
+                if gone.code != api.TwirpErrorCode.NOT_FOUND:
+                    logger.warning("cleaning up after a failed dial: %s", gone)
+        status = (e.metadata or {}).get("sip_status_code") or e.code
+        raise DialError(f"{number} was not reached ({status}: {e.message})") from e
     return dispatch, participant
+
+
+class DialError(RuntimeError):
+    """An outbound call was not answered; the agent's dispatch and room were removed."""

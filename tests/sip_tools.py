@@ -10,6 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,6 +151,91 @@ def caller_scenario(
 {ending}
 </scenario>
 """
+
+
+def answering_scenario(steps: list[tuple[str, object]], *, bye_timeout_ms: int = 60000) -> str:
+    """A SIPp UAS scenario: answer one INVITE (180, 200 with PCMU and telephone-event), then
+    ``steps`` (("pause", ms) | ("play", pcap path)), then wait for the caller's BYE."""
+    body = []
+    for kind, arg in steps:
+        if kind == "pause":
+            body.append(f'  <pause milliseconds="{int(arg)}"/>')  # type: ignore[call-overload]
+        elif kind == "play":
+            body.append(f'  <nop><action><exec play_pcap_audio="{arg}"/></action></nop>')
+        else:
+            raise ValueError(kind)
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="voice-worker answering party">
+  <recv request="INVITE" crlf="true"/>
+  <send><![CDATA[
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:callee@[local_ip]:[local_port]>
+      Content-Length: 0
+  ]]></send>
+  <send retrans="500"><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:callee@[local_ip]:[local_port]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=callee 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=ptime:20
+  ]]></send>
+  <recv request="ACK" crlf="true"/>
+{chr(10).join(body)}
+{_AGENT_BYE.format(timeout=bye_timeout_ms)}
+</scenario>
+"""
+
+
+BUSY_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="voice-worker busy party">
+  <recv request="INVITE" crlf="true"/>
+  <send><![CDATA[
+      SIP/2.0 486 Busy Here
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+  ]]></send>
+  <recv request="ACK"/>
+</scenario>
+"""
+
+
+def start_sipp_uas(scenario: str, port: int, workdir: Path, timeout: float = 120) -> Any:
+    """SIPp answering one call on 127.0.0.1:``port``, in the background (``.wait()`` it)."""
+    exe = shutil.which("sipp")
+    if exe is None:
+        raise RuntimeError("sipp is needed (apt-get install sip-tester)")
+    xml = workdir / f"uas-{time.monotonic_ns()}.xml"
+    xml.write_text(scenario)
+    cmd = [
+        exe, "-sf", str(xml), "-m", "1", "-i", "127.0.0.1", "-p", str(port),
+        "-mi", "127.0.0.1", "-mp", str(free_udp_port() & ~1 or 16000),
+        "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin", "-trace_err",
+        "-error_file", str(workdir / "sipp-uas-errors.log"),
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @dataclass

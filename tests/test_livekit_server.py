@@ -38,7 +38,15 @@ from worker.web.server import mint_token
 
 from .fake_llm import ThreadedToolLLM
 from .livekit_caller import RoomCaller
-from .sip_tools import SipCaller
+from .sip_tools import (
+    BUSY_SCENARIO,
+    SipCaller,
+    answering_scenario,
+    free_udp_port,
+    start_sipp_uas,
+    wav_to_pcap,
+    write_rtp_pcap,
+)
 from .test_browser import CHROMIUM_FLAGS, _caller_wav, _chromium
 
 pytestmark = [pytest.mark.models, pytest.mark.slow, pytest.mark.livekit]
@@ -540,3 +548,123 @@ async def test_two_workers_share_calls_and_a_drained_one_says_goodbye(
         for w in workers:
             stop_worker(w)
         fake.close()
+
+
+CALLEE = "+15557654321"
+
+
+async def _outbound_trunk(lk: api.LiveKitAPI, port: int) -> str:
+    """An outbound trunk to a SIPp answering party on 127.0.0.1:``port``."""
+    from livekit.protocol import sip as sip_pb
+
+    info = await lk.sip.create_sip_outbound_trunk(sip_pb.CreateSIPOutboundTrunkRequest(
+        trunk=sip_pb.SIPOutboundTrunkInfo(
+            name=f"sipp-{port}", address=f"127.0.0.1:{port}", numbers=["+15551230000"],
+            transport=sip_pb.SIP_TRANSPORT_UDP,
+        )
+    ))  # fmt: skip
+    return str(info.sip_trunk_id)
+
+
+def _telephony_call(conf: stack.StackConfig, trunk: str, room: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "telephony", "call", CALLEE, "--trunk", trunk, "--room", room],
+        env={**env, **conf.env()}, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+
+
+async def _record_of_room(w: Worker, before: set[Path], room: str, limit: float) -> Path:
+    deadline = time.monotonic() + limit
+    while True:
+        for p in set(w.calls()) - before:
+            if records.read_records(p)[0].get("room") == room:
+                return p
+        assert time.monotonic() < deadline, f"no call record for {room}"
+        await asyncio.sleep(0.2)
+
+
+async def test_outbound_call_a_person_answers_and_is_greeted(
+    livekit_stack: stack.StackConfig, worker: Worker, espeak: Any, lkapi: api.LiveKitAPI,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    port = free_udp_port()
+    trunk = await _outbound_trunk(lkapi, port)
+    pcap = tmp_path / "hello.pcap"
+    wav_to_pcap(espeak("Hello?"), pcap)
+    sipp = start_sipp_uas(answering_scenario([("pause", 500), ("play", pcap)]), port, tmp_path)
+    room, before = f"out-person-{os.getpid()}", set(worker.calls())
+    try:
+        out = await asyncio.to_thread(_telephony_call, livekit_stack, trunk, room)
+        assert out.returncode == 0, out.stderr
+        path = await _record_of_room(worker, before, room, 30)
+        deadline = time.monotonic() + 60
+        while not [r for r in _turns(path) if r["role"] == "agent"]:
+            assert time.monotonic() < deadline, "the callee was never greeted"
+            await asyncio.sleep(0.2)
+        said = [r["text"] for r in _turns(path) if r["role"] == "agent"]
+        assert said[0] == Settings().agent.greeting, said
+        await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))  # we hang up
+        assert await asyncio.to_thread(sipp.wait, 60) == 0, sipp.stderr.read()  # got a BYE
+    finally:
+        if sipp.poll() is None:
+            sipp.kill()
+
+
+async def test_outbound_call_to_a_machine_leaves_voicemail_then_hangs_up(
+    livekit_stack: stack.StackConfig, worker: Worker, espeak: Any, lkapi: api.LiveKitAPI,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    port = free_udp_port()
+    trunk = await _outbound_trunk(lkapi, port)
+    pcm, rate = read_wav(espeak(
+        "Hi, you have reached Sam. I cannot take your call right now, please leave a message "
+        "after the tone and I will get back to you."
+    ))  # fmt: skip
+    beep = (0.4 * 32767 * np.sin(2 * np.pi * 1000 * np.arange(4000) / 8000)).astype(np.int16)
+    pcap = tmp_path / "machine.pcap"
+    write_rtp_pcap(
+        pcap, np.concatenate([resample(pcm, rate, 8000), np.zeros(1600, np.int16), beep])
+    )
+    sipp = start_sipp_uas(answering_scenario([("pause", 300), ("play", pcap)]), port, tmp_path)
+    room, before = f"out-machine-{os.getpid()}", set(worker.calls())
+    try:
+        out = await asyncio.to_thread(_telephony_call, livekit_stack, trunk, room)
+        assert out.returncode == 0, out.stderr
+        # the agent leaves the message and hangs up: SIPp's scenario ends with that BYE
+        assert await asyncio.to_thread(sipp.wait, 90) == 0, sipp.stderr.read()
+    finally:
+        if sipp.poll() is None:
+            sipp.kill()
+    path = await _record_of_room(worker, before, room, 10)
+    deadline = time.monotonic() + 30
+    while records.read_records(path)[-1]["type"] != "call_end":
+        assert time.monotonic() < deadline, "the call record was never closed"
+        await asyncio.sleep(0.2)
+    recs = records.read_records(path)
+    said = [r["text"] for r in recs if r.get("role") == "agent"]
+    assert said == [Settings().livekit.voicemail_message], said
+    assert recs[-1]["reason"] == "voicemail_left"
+
+
+async def test_an_unanswered_dial_leaves_no_agent_waiting(
+    livekit_stack: stack.StackConfig, worker: Worker, lkapi: api.LiveKitAPI, tmp_path: Path
+) -> None:
+    """The callee is busy: `telephony call` says so and fails, and neither the dispatch nor
+    the room is left behind with an agent waiting in it."""
+    port = free_udp_port()
+    trunk = await _outbound_trunk(lkapi, port)
+    sipp = start_sipp_uas(BUSY_SCENARIO, port, tmp_path)
+    room, before = f"out-busy-{os.getpid()}", set(worker.calls())
+    try:
+        out = await asyncio.to_thread(_telephony_call, livekit_stack, trunk, room)
+    finally:
+        if sipp.poll() is None:
+            sipp.kill()
+    assert out.returncode == 1 and "not reached" in out.stderr, out.stderr
+    assert await _room_gone(lkapi, room, 30)
+    # and it stays gone: no agent job rejoins it (the server has no dispatch left to run)
+    await asyncio.sleep(5)
+    assert await _room_gone(lkapi, room, 0.1)
+    assert not [p for p in set(worker.calls()) - before
+                if records.read_records(p)[0].get("room") == room]  # fmt: skip

@@ -276,6 +276,16 @@ async def _handle(
             await _delete_room(call)
 
 
+async def _delete_empty_room(settings: Settings, room: str) -> None:
+    lk = api_factory(settings)()
+    try:
+        await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+    except Exception as e:  # gone already, or the server is away: nothing more to do
+        logger.info("could not delete room %s: %s", room, e)
+    finally:
+        await lk.aclose()
+
+
 async def _delete_room(call: LiveKitCall) -> None:
     """End the room with the agent (idempotent: a room already gone is fine)."""
     try:
@@ -334,7 +344,12 @@ def build_server(settings: Settings) -> AgentServer:
         models = await _host.for_job(settings)
         try:
             await ctx.connect()
-            participant = await ctx.wait_for_participant()
+            try:
+                participant = await asyncio.wait_for(ctx.wait_for_participant(), lk.greet_timeout)
+            except TimeoutError:  # a dial that never connected: do not wait in an empty room
+                logger.info("nobody joined %s in %.0fs; leaving", ctx.room.name, lk.greet_timeout)
+                await _delete_empty_room(settings, ctx.room.name)
+                return
             watchers: list[asyncio.Task[None]] = []
 
             def on_call(call: LiveKitCall) -> None:
