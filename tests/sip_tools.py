@@ -95,6 +95,19 @@ _AGENT_BYE = """\
   ]]></send>"""
 
 
+def _steps(steps: list[tuple[str, object]]) -> list[str]:
+    """Scenario lines for ("pause", ms) | ("play", pcap path) steps."""
+    body = []
+    for kind, arg in steps:
+        if kind == "pause":
+            body.append(f'  <pause milliseconds="{int(arg)}"/>')  # type: ignore[call-overload]
+        elif kind == "play":
+            body.append(f'  <nop><action><exec play_pcap_audio="{arg}"/></action></nop>')
+        else:
+            raise ValueError(kind)
+    return body
+
+
 def caller_scenario(
     steps: list[tuple[str, object]],
     *,
@@ -107,14 +120,7 @@ def caller_scenario(
     or waiting for the agent's BYE and answering it (``hangup="agent"``)."""
     h = _HEADERS.format(caller=caller)
     ending = (_CALLER_BYE if hangup == "caller" else _AGENT_BYE).format(h=h, timeout=bye_timeout_ms)
-    body = []
-    for kind, arg in steps:
-        if kind == "pause":
-            body.append(f'  <pause milliseconds="{int(arg)}"/>')  # type: ignore[call-overload]
-        elif kind == "play":
-            body.append(f'  <nop><action><exec play_pcap_audio="{arg}"/></action></nop>')
-        else:
-            raise ValueError(kind)
+    body = _steps(steps)
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="voice-worker caller">
   <send retrans="500"><![CDATA[
@@ -156,14 +162,7 @@ def caller_scenario(
 def answering_scenario(steps: list[tuple[str, object]], *, bye_timeout_ms: int = 60000) -> str:
     """A SIPp UAS scenario: answer one INVITE (180, 200 with PCMU and telephone-event), then
     ``steps`` (("pause", ms) | ("play", pcap path)), then wait for the caller's BYE."""
-    body = []
-    for kind, arg in steps:
-        if kind == "pause":
-            body.append(f'  <pause milliseconds="{int(arg)}"/>')  # type: ignore[call-overload]
-        elif kind == "play":
-            body.append(f'  <nop><action><exec play_pcap_audio="{arg}"/></action></nop>')
-        else:
-            raise ValueError(kind)
+    body = _steps(steps)
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="voice-worker answering party">
   <recv request="INVITE" crlf="true"/>
