@@ -161,6 +161,11 @@ class EmbeddedLLMServer:
             if proc is None or proc.poll() is None:
                 continue
             logger.warning("embedded LLM server died (code %s); restarting", proc.returncode)
+            if proc.returncode == -signal.SIGSEGV and "AMX_INT8 = 1" in self.cpu_features():
+                logger.error(
+                    "this llama.cpp build uses AMX, whose kernels crash on some Intel CPUs; "
+                    "reinstall it with ./scripts/setup.sh, which builds it without AMX"
+                )
             self._proc = None
             try:
                 await self._spawn(60.0)
@@ -206,6 +211,14 @@ class EmbeddedLLMServer:
                 await asyncio.sleep(0.2)
         self._terminate()
         raise EmbeddedServerError(f"embedded LLM server not ready after {ready_within:.0f}s")
+
+    def cpu_features(self) -> str:
+        """The CPU features the server's llama.cpp build uses, as it logged them at start
+        ("AVX2 = 1 | ..."); empty without ``log_path`` or before the server logged them."""
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        found = re.findall(r"^CPU : (.*)$", self._log_path.read_text(errors="replace"), re.M)
+        return found[-1].strip() if found else ""
 
     def prompt_evals(self) -> list[PromptEval]:
         """Per request, in order: how much of the prompt came from the server's cache and how
