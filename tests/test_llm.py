@@ -173,6 +173,23 @@ async def test_the_call_prompt_is_cached_before_the_first_turn(
     assert first.prompt_ms < 4 * max(t.prompt_ms for t in later) + 500, (first, later)
 
 
+async def test_the_embedded_build_answers_without_amx(default_llm_settings: Settings) -> None:
+    """llama.cpp's AMX kernels crash on the first request on some Intel machines (a CI machine
+    hit it: every request ended the server with SIGSEGV); setup builds it without them."""
+    from worker.models import load_models
+
+    models = await load_models(default_llm_settings, ("llm",))
+    try:
+        server = models.embedded_llm
+        assert server is not None
+        features = server.cpu_features()
+        assert "AVX" in features or "NEON" in features, f"the server logged its CPU: {features}"
+        assert "AMX_INT8 = 1" not in features, features
+        assert server.restarts == 0, "loading warmed the cache with a request; it survived"
+    finally:
+        await models.aclose()
+
+
 async def test_tool_calls_with_the_default_model(
     default_llm_settings: Settings, tmp_path: Path
 ) -> None:

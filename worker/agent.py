@@ -252,6 +252,9 @@ class VoiceAgent(Agent):
     """Told of every booking decision (the eval and the call record listen)."""
 
     _warm: asyncio.Task[None] | None = None
+    _warm_sent = False
+    _replying = False
+    """Set by the first reply: a warm-up not yet sent by then is not sent at all."""
     voicemail: str | None = None
     """Set when an outbound call reached an answering machine: leave this and hang up."""
     before_greeting: Callable[[], Awaitable[bool]] | None = None
@@ -293,7 +296,22 @@ class VoiceAgent(Agent):
     async def llm_cache_warm(self) -> None:
         """Wait until the warm-up request of :meth:`on_enter` has finished."""
         if self._warm is not None:
-            await asyncio.shield(self._warm)
+            await asyncio.wait({self._warm})
+
+    async def _settle_warm_up(self) -> None:
+        """Before a reply's request: the warm-up must not reach the server after it. The
+        embedded server ends the request it is streaming when another arrives (llama.cpp's
+        ``interrupt_requests``), so a late warm-up cut the caller's first reply to nothing.
+        One already sent is waited for: the reply would queue behind it at the server anyway
+        and then finds the prompt it read in the cache."""
+        self._replying = True
+        task = self._warm
+        if task is None or task.done():
+            return
+        if not self._warm_sent:
+            task.cancel()
+            return
+        await asyncio.wait({task}, timeout=_WARM_UP_CONN.timeout)
 
     async def _warm_llm_cache(self, greeting: SpeechHandle | None = None) -> None:
         """Have the LLM server read this call's prompt (instructions, tools, greeting) once
@@ -311,6 +329,9 @@ class VoiceAgent(Agent):
                 await greeting.wait_for_playout()
             if greeting.interrupted:  # the caller is talking: leave the cores to listening
                 return
+        if self._replying:  # a reply's own request reads the prompt now
+            return
+        self._warm_sent = True
         await self._send_warm_up(model, self.chat_ctx.copy())
 
     async def _send_warm_up(self, model: OpenAICompatLLM, ctx: llm.ChatContext) -> None:
@@ -400,6 +421,7 @@ class VoiceAgent(Agent):
                 logger.debug("the caller's words ask for %s", chosen)
                 choice = {"type": "function", "function": {"name": chosen}}
             model_settings = ModelSettings(tool_choice=choice)
+        await self._settle_warm_up()
         produced = False
         handle_id = _current_handle_id()
         stream: AsyncIterable[llm.ChatChunk | str | FlushSentinel] = Agent.default.llm_node(
