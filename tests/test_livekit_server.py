@@ -550,6 +550,103 @@ async def test_two_workers_share_calls_and_a_drained_one_says_goodbye(
         fake.close()
 
 
+KILL_SPEC = """
+agent_name: kill-agent
+inbound_trunks:
+  - name: kill-line
+    numbers: ["+15551230003"]
+    allowed_addresses: ["127.0.0.1/32"]
+dispatch_rules:
+  - name: kill-line-calls
+    type: individual
+    trunks: [kill-line]
+    room_prefix: kill-
+"""
+
+
+async def _agent_said(w: Worker, before: set[Path], text: str, limit: float) -> list[Path]:
+    """The new call records of ``w`` once one has the agent saying ``text``."""
+    deadline = time.monotonic() + limit
+    while True:
+        new = sorted(set(w.calls()) - before)
+        for path in new:
+            if any(r.get("text") == text for r in records.read_records(path)):
+                return new
+        assert time.monotonic() < deadline, f"no call record of {w.data_dir} has {text!r}"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_killed_workers_call_goes_on_with_another_then_hangs_up_with_none_left(
+    livekit_stack: stack.StackConfig, tmp_path: Path, espeak: Any
+) -> None:
+    """SIGKILL the worker in a call: its completed turn is on disk, and its guardian has the
+    other worker take the call over (the resume line, then replies that know the earlier
+    turns). SIGKILL that one too, with no worker left: the phone gets a BYE, not silence."""
+    from .conftest import models_dir
+
+    fake = ThreadedToolLLM({})  # scripted: this is about who carries the call, not replies
+    await asyncio.to_thread(_provision_text, livekit_stack, KILL_SPEC, tmp_path)
+    workers: list[Worker] = []
+    phone = SipCaller(("127.0.0.1", livekit_stack.sip_port), user="+15551230003")
+    try:
+        for n in range(2):
+            data = tmp_path / f"w{n}"
+            data.mkdir()
+            (data / "models").symlink_to(models_dir(), target_is_directory=True)
+            workers.append(await asyncio.to_thread(
+                start_worker, livekit_stack, data, data / "worker.log",
+                WORKER_LLM__BASE_URL=fake.url, WORKER_LLM__MODEL="scripted",
+                WORKER_LIVEKIT__AGENT_NAME="kill-agent", WORKER_LIVEKIT__MAX_CALLS="1",
+                WORKER_LIVEKIT__RESUME_WAIT="20",
+            ))  # fmt: skip
+        before = [set(w.calls()) for w in workers]
+        await asyncio.to_thread(phone.dial)
+        await phone.wait_agent_quiet(quiet=1.0, limit=60)
+        a = await _new_call_in(workers, before, 30)
+        b = 1 - a
+        pcm, rate = read_wav(espeak("Do you have parking near the shop?"))
+        await phone.stream(resample(pcm, rate, 8000))
+        deadline = time.monotonic() + 60
+        while not [
+            t for p in set(workers[a].calls()) - before[a] for t in _turns(p)
+            if t["role"] != "agent"
+        ]:  # fmt: skip
+            assert time.monotonic() < deadline, "the caller's turn never reached the record"
+            await phone.silence(0.2)
+        workers[a].proc.kill()  # no drain, no cleanup: only the guardian acts
+        workers[a].proc.wait(10)
+        heard = len(phone.voiced_at)
+        resume = Settings().livekit.resume_greeting
+        await _agent_said(workers[b], before[b], resume, 60)
+        await phone.wait_agent_quiet(quiet=1.0, limit=30)
+        assert len(phone.voiced_at) > heard, "the phone heard the agent that took over"
+        # the completed turn of the killed worker's call is on disk
+        lost = sorted(set(workers[a].calls()) - before[a])
+        turns = [t for p in lost for t in _turns(p) if t["role"] != "agent"]
+        assert len(turns) == 1 and turns[0]["text"].strip(), turns
+        heard_question = turns[0]["text"].strip()  # as our STT heard it over mu-law
+        # the agent that took over knows the call so far: its next request holds the question
+        asked = len(fake.requests)
+        pcm, rate = read_wav(espeak("And are you open on Sunday?"))
+        await phone.stream(resample(pcm, rate, 8000))
+        deadline = time.monotonic() + 60
+        while len(fake.requests) == asked:
+            assert time.monotonic() < deadline, "no reply was asked for after the take-over"
+            await phone.silence(0.2)
+        said = [m.get("content") for m in fake.requests[-1]["messages"]]
+        assert any(heard_question in str(c) for c in said), (heard_question, said)
+        # no worker left for the call: the guardian of the second one hangs up the phone
+        workers[b].proc.kill()
+        workers[b].proc.wait(10)
+        bye = await phone.until_request("BYE", 90)
+        assert bye is not None, "with no worker left, the caller was left in a silent room"
+    finally:
+        phone.close()
+        for w in workers:
+            stop_worker(w)
+        fake.close()
+
+
 CALLEE = "+15557654321"
 
 

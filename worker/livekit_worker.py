@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from livekit import api, rtc
-from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, llm
 from livekit.agents.cli import proto
 from livekit.agents.cli.cli import _run_worker
 
@@ -39,6 +39,7 @@ from telephony.livekit_call import CallInfo, LiveKitCall, is_sip, wait_until_act
 from . import metrics, records
 from .agent import VoiceAgent
 from .call import CallResult, run_call
+from .guardian import Guardian
 from .models import Models, load_models, make_router
 from .settings import Settings
 
@@ -99,6 +100,7 @@ async def release_job(models: Models) -> None:
 
 _host = ModelHost()
 _calls = CallSlots(4)
+_guardian: Guardian | None = None
 
 
 def api_factory(settings: Settings) -> Callable[[], api.LiveKitAPI]:
@@ -184,6 +186,7 @@ async def handle_participant(
     metadata: str = "",
     custom_io: bool = False,
     on_call: Callable[[LiveKitCall], None] | None = None,
+    guardian: Guardian | None = None,
 ) -> CallResult | None:
     """Run one caller in a room, from the phone being answered to hanging up.
 
@@ -201,7 +204,9 @@ async def handle_participant(
         logger.warning("call in %s refused: %d calls in progress", room.name, _calls.in_use)
         return None
     try:
-        return await _handle(models, room, participant, make_api, metadata, custom_io, on_call)
+        return await _handle(
+            models, room, participant, make_api, metadata, custom_io, on_call, guardian
+        )
     finally:
         slot.release()
 
@@ -214,7 +219,17 @@ async def _handle(
     metadata: str,
     custom_io: bool,
     on_call: Callable[[LiveKitCall], None] | None,
+    guardian: Guardian | None,
 ) -> CallResult | None:
+    history = _resumed(metadata)
+    if history is not None:  # another worker died with this call: carry on where it was
+        logger.info("resuming the call in %s after its worker was lost", room.name)
+        agent_settings = models.settings.agent.model_copy(
+            update={"greeting": models.settings.livekit.resume_greeting}
+        )
+        models = dataclasses.replace(
+            models, settings=models.settings.model_copy(update={"agent": agent_settings})
+        )
     settings = models.settings
     sip = is_sip(participant)
     attrs = dict(participant.attributes)
@@ -257,6 +272,10 @@ async def _handle(
 
     def on_agent(agent: VoiceAgent) -> None:
         async def gate() -> bool:
+            if history:
+                await agent.update_chat_ctx(_with_history(agent.chat_ctx, history))
+            if guardian is not None:
+                _tell_turns(guardian, agent, room.name)
             ok = await answered()
             agent.voicemail = voicemail[0] if voicemail else None
             return ok
@@ -292,6 +311,39 @@ async def _delete_room(call: LiveKitCall) -> None:
         await asyncio.wait_for(call.delete_room(), 10)
     except Exception as e:  # the call is over either way; say why the room may linger
         logger.warning("could not delete room %s: %s", call.room_name, e)
+
+
+def _resumed(metadata: str) -> list[dict[str, str]] | None:
+    """The turns so far of a call resumed after its worker died (``None``: a new call)."""
+    with contextlib.suppress(wire.WireError, AttributeError):
+        data = wire.load_json(metadata or "{}", "job metadata")
+        if data.get("resume"):
+            turns = data.get("history")
+            return [
+                {"role": str(t.get("role")), "text": str(t.get("text"))}
+                for t in (turns if isinstance(turns, list) else [])
+                if isinstance(t, dict) and t.get("role") in ("user", "assistant")
+            ]
+    return None
+
+
+def _with_history(ctx: llm.ChatContext, turns: list[dict[str, str]]) -> llm.ChatContext:
+    ctx = ctx.copy()
+    for t in turns:
+        ctx.add_message(role="user" if t["role"] == "user" else "assistant", content=t["text"])
+    return ctx
+
+
+def _tell_turns(guardian: Guardian, agent: VoiceAgent, room: str) -> None:
+    """Each message of the conversation, to the guardian (what a resumed call starts from)."""
+
+    def on_item(ev: Any) -> None:
+        item = ev.item
+        if isinstance(item, llm.ChatMessage) and item.role in ("user", "assistant"):
+            if item.text_content:
+                guardian.turn(room, item.role, item.text_content)
+
+    agent.session.on("conversation_item_added", on_item)
 
 
 def _outbound(metadata: str) -> bool:
@@ -355,12 +407,16 @@ def build_server(settings: Settings) -> AgentServer:
             def on_call(call: LiveKitCall) -> None:
                 watchers.append(asyncio.create_task(_close_when_drained(server, call, settings)))
 
+            if _guardian is not None:
+                _guardian.started(ctx.room.name, ctx.room.local_participant.identity)
             try:
                 await handle_participant(
                     models, ctx.room, participant, make_api=api_factory(settings),
-                    metadata=ctx.job.metadata, on_call=on_call,
+                    metadata=ctx.job.metadata, on_call=on_call, guardian=_guardian,
                 )  # fmt: skip
             finally:
+                if _guardian is not None:
+                    _guardian.ended(ctx.room.name)
                 for t in watchers:
                     t.cancel()
         finally:
@@ -383,12 +439,23 @@ def run(settings: Settings, *, dev: bool) -> None:
         metrics.serve(settings.http.host, lk.metrics_port)
         logger.info("metrics on http://%s:%d/metrics", settings.http.host, lk.metrics_port)
     secret: Any = lk.api_secret.get_secret_value() if lk.api_secret else None
-    _run_worker(
-        server,
-        proto.CliArgs(
-            log_level=settings.log_level, url=lk.url, api_key=lk.api_key, api_secret=secret,
-            # never the framework's dev mode: it skips the drain, and a developer's Ctrl+C or
-            # SIGTERM should end calls as politely as production does
-            dev=False, log_format="colored" if dev else "json",
-        ),
-    )  # fmt: skip
+    global _guardian
+    _guardian = Guardian({
+        "url": (lk.url or "").replace("wss://", "https://").replace("ws://", "http://"),
+        "api_key": lk.api_key, "api_secret": secret, "agent_name": lk.agent_name,
+        "resume": lk.resume_lost_calls, "resume_wait": lk.resume_wait,
+    })  # fmt: skip
+    logger.info("call guardian started (pid %d)", _guardian.pid)
+    try:
+        _run_worker(
+            server,
+            proto.CliArgs(
+                log_level=settings.log_level, url=lk.url, api_key=lk.api_key,
+                api_secret=secret,
+                # never the framework's dev mode: it skips the drain, and a developer's Ctrl+C
+                # or SIGTERM should end calls as politely as production does
+                dev=False, log_format="colored" if dev else "json",
+            ),
+        )  # fmt: skip
+    finally:
+        _guardian.close()

@@ -474,6 +474,18 @@ class LiveKitSettings(BaseModel):
         8081, ge=0, le=65535,
         description="The framework's health and worker page of a LiveKit worker, on `http.host`.",
     )  # fmt: skip
+    resume_lost_calls: bool = Field(
+        True,
+        description="If the worker dies mid-call, ask LiveKit for another agent to carry on "
+        "the call (with the recent turns); off, or when none joins, the room is deleted.",
+    )
+    resume_wait: float = Field(
+        15.0, gt=0, description="Seconds for another agent to join a lost call before hang-up."
+    )
+    resume_greeting: str = Field(
+        "Sorry, we were cut off for a moment. I'm back. What were you saying?",
+        description="What the agent that takes over a lost call says first.",
+    )
 
 
 class Settings(BaseSettings):
