@@ -352,7 +352,9 @@ def tool_worker(
     tests are about what the SIP bridge does when a tool runs, not about the model."""
     from .conftest import models_dir
 
-    fake = ThreadedToolLLM({"bye": "end_call", "person": "transfer_to_human"})
+    fake = ThreadedToolLLM(
+        {"bye": "end_call", "person": "transfer_to_human", "human": "transfer_to_human"}
+    )
     data = tmp_path_factory.mktemp("lk-tools")
     (data / "models").symlink_to(models_dir(), target_is_directory=True)
     _provision_text(livekit_stack, TOOL_SPEC, data)
@@ -379,6 +381,26 @@ async def _dial_tool_line(conf: stack.StackConfig) -> SipCaller:
     await asyncio.to_thread(phone.dial)
     await phone.wait_agent_quiet(quiet=1.5, limit=60)  # the greeting
     return phone
+
+
+ASK_FOR_A_PERSON = (
+    "Can I speak to a real person, please?",
+    "I would like to talk to a person.",
+    "Put me through to a human, please.",
+)
+
+
+async def _ask_for_a_person(phone: SipCaller, espeak: Any) -> str | None:
+    """Ask until the phone gets a REFER (its text), in other words when our STT mishears
+    espeak over mu-law (a CI run heard "Can I speak very often, please?"): the tests are about
+    what the bridge does once the tool runs, not about recognising one phrase."""
+    for words in ASK_FOR_A_PERSON:
+        pcm, rate = read_wav(espeak(words))
+        await phone.stream(resample(pcm, rate, 8000))
+        refer = await phone.until_request("REFER", 30)
+        if refer is not None:
+            return refer
+    return None
 
 
 async def _closed_record(w: Worker, before: set[Path]) -> list[dict[str, Any]]:
@@ -424,9 +446,7 @@ async def test_transfer_tool_refers_the_phone_to_the_target(
     before = set(w.calls())
     phone = await _dial_tool_line(livekit_stack)
     try:
-        pcm, rate = read_wav(espeak("Can I speak to a real person, please?"))
-        await phone.stream(resample(pcm, rate, 8000))
-        refer = await phone.until_request("REFER", 60)
+        refer = await _ask_for_a_person(phone, espeak)
         # LiveKit SIP hangs up our leg once the transfer is accepted
         bye = await phone.until_request("BYE", 30) if refer else None
     finally:
@@ -449,9 +469,7 @@ async def test_a_failed_transfer_keeps_the_caller_with_the_agent(
     phone = await _dial_tool_line(livekit_stack)
     phone.transfer_result = "486 Busy Here"
     try:
-        pcm, rate = read_wav(espeak("Can I speak to a real person, please?"))
-        await phone.stream(resample(pcm, rate, 8000))
-        assert await phone.until_request("REFER", 60) is not None
+        assert await _ask_for_a_person(phone, espeak) is not None
         asked = len(fake.requests)
         # the failure goes back to the LLM, which answers the caller
         deadline = time.monotonic() + 60
@@ -760,9 +778,9 @@ async def test_an_unanswered_dial_leaves_no_agent_waiting(
             sipp.kill()
     assert out.returncode == 1 and "not reached" in out.stderr, out.stderr
     # `dial` deletes the dispatch and the room at once, but a job already dispatched may join
-    # after that and so make the room again; it then leaves when nobody has joined within
-    # livekit.greet_timeout (60 s). Both ends are bounded; the first is the usual one.
-    assert await _room_gone(lkapi, room, Settings().livekit.greet_timeout + 30)
+    # after that and so make the room again; it sees its dispatch gone and leaves within a
+    # second or two, long before livekit.greet_timeout (60 s) would end its wait
+    assert await _room_gone(lkapi, room, Settings().livekit.greet_timeout / 2)
     # and it stays gone: no agent job rejoins it (the server has no dispatch left to run)
     await asyncio.sleep(5)
     assert await _room_gone(lkapi, room, 0.1)

@@ -366,6 +366,44 @@ async def _close_when_drained(server: AgentServer, call: LiveKitCall, settings: 
     call.closing.set()
 
 
+async def _caller(ctx: JobContext, settings: Settings) -> rtc.RemoteParticipant | None:
+    """The caller once they are in the room; None when nobody joins within ``greet_timeout``,
+    or, for an outbound call, as soon as the dial has failed (`dial` removes the dispatch:
+    the job may have been sent just before, and would otherwise wait out the timeout)."""
+    lk = settings.livekit
+    waiting = asyncio.ensure_future(ctx.wait_for_participant())
+    deadline = time.monotonic() + lk.greet_timeout
+    try:
+        while time.monotonic() < deadline:
+            done, _ = await asyncio.wait({waiting}, timeout=1.0)
+            if done:
+                return waiting.result()
+            if _outbound(ctx.job.metadata) and not await _dispatch_stands(ctx, settings):
+                logger.info("the dial for %s was called off; leaving", ctx.room.name)
+                return None
+        logger.info("nobody joined %s in %.0fs; leaving", ctx.room.name, lk.greet_timeout)
+        return None
+    finally:
+        waiting.cancel()
+
+
+async def _dispatch_stands(ctx: JobContext, settings: Settings) -> bool:
+    lk = api_factory(settings)()
+    try:
+        found = await lk.agent_dispatch.list_dispatch(room_name=ctx.room.name)
+        return any(d.id == ctx.job.dispatch_id for d in found)
+    except api.TwirpError as e:
+        if e.code == api.TwirpErrorCode.NOT_FOUND:  # the room went with the dispatch
+            return False
+        logger.debug("could not list the dispatches of %s: %s", ctx.room.name, e)
+        return True
+    except Exception as e:  # the server is away: keep waiting, the timeout still holds
+        logger.debug("could not list the dispatches of %s: %s", ctx.room.name, e)
+        return True
+    finally:
+        await lk.aclose()
+
+
 def current_load() -> float:
     """What the worker reports to LiveKit: 1.0 means full (no more jobs are sent)."""
     return _calls.load
@@ -396,10 +434,8 @@ def build_server(settings: Settings) -> AgentServer:
         models = await _host.for_job(settings)
         try:
             await ctx.connect()
-            try:
-                participant = await asyncio.wait_for(ctx.wait_for_participant(), lk.greet_timeout)
-            except TimeoutError:  # a dial that never connected: do not wait in an empty room
-                logger.info("nobody joined %s in %.0fs; leaving", ctx.room.name, lk.greet_timeout)
+            participant = await _caller(ctx, settings)
+            if participant is None:  # a dial that never connected: do not wait in an empty room
                 await _delete_empty_room(settings, ctx.room.name)
                 return
             watchers: list[asyncio.Task[None]] = []
