@@ -46,6 +46,12 @@ class GoBinary:
     version: str
     cgo: tuple[tuple[str, str], ...] = ()
     """(pkg-config name, Debian package) pairs the build links against."""
+    module: str = ""
+    """The module holding ``package``, where it is not the path before ``/cmd/``."""
+
+    @property
+    def module_path(self) -> str:
+        return self.module or self.package.split("/cmd/")[0]
 
 
 # Pinned: the newest releases the Go module proxy serves that `go install` can build (later
@@ -57,6 +63,12 @@ SIP = GoBinary(
     cgo=(("opus", "libopus-dev"), ("opusfile", "libopusfile-dev"), ("soxr", "libsoxr-dev")),
 )  # fmt: skip
 BINARIES = (SERVER, SIP)
+COMPOSE = GoBinary(
+    "docker-compose", "github.com/docker/compose/v5/cmd", "v5.6.0",
+    module="github.com/docker/compose/v5",
+)  # fmt: skip
+"""Docker Compose (the standalone binary), for validating ``infra/compose.yaml`` where the
+Docker client has no compose plugin: ``install --compose`` builds it."""
 
 
 class StackError(RuntimeError):
@@ -120,7 +132,7 @@ def _build(b: GoBinary, dest: Path) -> None:
     """
     _log(f"building {b.name} {b.version} from the Go module proxy (a few minutes the first time)")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    module = b.package.split("/cmd/")[0]
+    module = b.module_path
     env = {**os.environ, "CGO_ENABLED": "1" if b.cgo else "0", "GOFLAGS": "-mod=mod",
            "GOWORK": "off"}  # fmt: skip
     start = time.monotonic()
@@ -390,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     ins = sub.add_parser("install", help="build livekit-server and livekit-sip (go install)")
     ins.add_argument("--server-only", action="store_true", help="skip LiveKit SIP (no cgo)")
+    ins.add_argument("--compose", action="store_true",
+                     help="also build docker-compose, to validate infra/compose.yaml")  # fmt: skip
     up = sub.add_parser("up", help="run Redis, LiveKit server (and SIP) on 127.0.0.1")
     up.add_argument("--sip", action="store_true", help="also run LiveKit SIP")
     up.add_argument("--env-file", help="write LIVEKIT_URL, LIVEKIT_API_KEY, ... here too")
@@ -401,7 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "install":
-            install(only=(SERVER,) if args.server_only else BINARIES)
+            install(
+                only=((SERVER,) if args.server_only else BINARIES)
+                + ((COMPOSE,) if args.compose else ())
+            )
             return 0
         return _up(args)
     except StackError as e:

@@ -42,8 +42,9 @@ EXTRAS=embedded-llm,orpheus,fallback,dev ./scripts/setup.sh
 # the LiveKit web page's browser SDK (npm), so its test serves the real file, and SmolLM2
 # (the vLLM router test serves it; the LLM plumbing tests run on it, being the fastest)
 .venv/bin/python -m worker download-files --with livekit-client --with smollm2 >/dev/null
-# LiveKit server and SIP from their Go modules, once per machine (kept in the data directory)
-.venv/bin/python -m infra.livekit install
+# LiveKit server and SIP from their Go modules, once per machine (kept in the data directory),
+# and Docker Compose, which validates infra/compose.yaml (the Docker client here has no plugin)
+.venv/bin/python -m infra.livekit install --compose
 
 echo "==> ruff" >&2
 .venv/bin/ruff check .

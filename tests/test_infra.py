@@ -105,15 +105,32 @@ def test_missing_secrets_are_refused() -> None:
     _compose(example)  # the example fills every required variable
 
 
-def test_docker_compose_config_accepts_it(tmp_path: Path) -> None:
+def _compose_command() -> list[str]:
+    """Docker Compose as built by `python -m infra.livekit install --compose` (test.sh does),
+    else the Docker client's compose plugin."""
+    from infra import livekit as stack
+
+    built = stack.binary_path(stack.COMPOSE)
+    if built.exists():
+        return [str(built)]
     docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"],
-                                         capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("no Docker client here; the YAML checks above stand in for it")
+    if docker and subprocess.run([docker, "compose", "version"],
+                                 capture_output=True).returncode == 0:  # fmt: skip
+        return [docker, "compose"]
+    pytest.fail("no Docker Compose: run `python -m infra.livekit install --compose`")
+
+
+def test_docker_compose_config_accepts_it(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in ENV.items()))
-    proc = subprocess.run(
-        [docker, "compose", "-f", str(INFRA / "compose.yaml"), "--env-file", str(env_file),
-         "config", "--quiet"], capture_output=True, text=True,
-    )  # fmt: skip
+    compose = [*_compose_command(), "-f", str(INFRA / "compose.yaml"), "--env-file", str(env_file)]
+    proc = subprocess.run([*compose, "config", "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    # and it is Compose reading our file, not a command that accepts anything
+    proc = subprocess.run([*compose, "config", "--services"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "worker" in proc.stdout.split(), proc.stdout + proc.stderr
+    broken = tmp_path / "compose.yaml"
+    broken.write_text((INFRA / "compose.yaml").read_text() + "\n  nonsense: [\n")
+    proc = subprocess.run([*_compose_command(), "-f", str(broken), "--env-file", str(env_file),
+                           "config", "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0
