@@ -21,7 +21,7 @@ import aiohttp
 from livekit import api
 
 from .livekit_call import DialError, dial
-from .provision import ProvisionError, load_spec, provision
+from .provision import ProvisionError, RefusedError, load_spec, provision
 
 
 def _api() -> tuple[api.LiveKitAPI, Any]:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return asyncio.run(_provision(args) if args.command == "provision" else _call(args))
-    except ProvisionError as e:
+    except (ProvisionError, RefusedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except api.TwirpError as e:

@@ -9,9 +9,10 @@ environment, named in the file, and are never printed.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from google.protobuf.json_format import MessageToDict
@@ -25,6 +26,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 class ProvisionError(ValueError):
     """The file cannot be used; the message says where and why."""
+
+
+T = TypeVar("T")
+
+
+class RefusedError(RuntimeError):
+    """LiveKit refused one request; the message names it, the server's reason and what was
+    already applied (provisioning again once the file is fixed picks up from there)."""
+
+
+async def _send(plan: Plan, action: Action, request: Awaitable[T]) -> T:
+    try:
+        return await request
+    except api.TwirpError as e:
+        done = [f"{a.method} {a.name}" for a in plan.actions[:-1]]
+        raise RefusedError(
+            f"LiveKit refused {action.method} for {action.name!r}: {e.code}: {e.message}"
+            + (f" (already applied: {', '.join(done)})" if done else " (nothing was changed)")
+        ) from e
 
 
 class TrunkSpec(BaseModel):
@@ -214,7 +234,8 @@ async def provision(lk: api.LiveKitAPI, spec: SipSpec, *, dry_run: bool = False)
             if dry_run:
                 ids[t.name] = f"<id of {t.name}>"
             else:
-                ids[t.name] = (await lk.sip.create_inbound_trunk(action.request)).sip_trunk_id  # type: ignore[arg-type]
+                made = await _send(plan, action, lk.sip.create_inbound_trunk(action.request))  # type: ignore[arg-type]
+                ids[t.name] = made.sip_trunk_id
         else:
             ids[t.name] = have.sip_trunk_id
             if _trunk_differs(want, have):
@@ -226,7 +247,7 @@ async def provision(lk: api.LiveKitAPI, spec: SipSpec, *, dry_run: bool = False)
                 )  # fmt: skip
                 plan.actions.append(action)
                 if not dry_run:
-                    await lk.sip.update_inbound_trunk(have.sip_trunk_id, want)
+                    await _send(plan, action, lk.sip.update_inbound_trunk(have.sip_trunk_id, want))
             else:
                 plan.unchanged.append(f"trunk {t.name}")
     for r in spec.dispatch_rules:
@@ -239,16 +260,17 @@ async def provision(lk: api.LiveKitAPI, spec: SipSpec, *, dry_run: bool = False)
             )  # fmt: skip
             plan.actions.append(action)
             if not dry_run:
-                await lk.sip.create_dispatch_rule(action.request)  # type: ignore[arg-type]
+                await _send(plan, action, lk.sip.create_dispatch_rule(action.request))  # type: ignore[arg-type]
         elif _rule_differs(want_rule, have_rule):
             rid = have_rule.sip_dispatch_rule_id
-            plan.actions.append(Action(
+            action = Action(
                 "UpdateSIPDispatchRule", r.name,
                 sip_pb.UpdateSIPDispatchRuleRequest(sip_dispatch_rule_id=rid, replace=want_rule),
                 target_id=rid,
-            ))  # fmt: skip
+            )  # fmt: skip
+            plan.actions.append(action)
             if not dry_run:
-                await lk.sip.update_dispatch_rule(rid, want_rule)
+                await _send(plan, action, lk.sip.update_dispatch_rule(rid, want_rule))
         else:
             plan.unchanged.append(f"dispatch rule {r.name}")
     wanted_trunks = {t.name for t in spec.inbound_trunks}

@@ -342,6 +342,53 @@ dispatch_rules:
 TRANSFER_TARGET = "sip:front-desk@127.0.0.1:5099"
 
 
+CONFLICTING_SPEC = """
+agent_name: voice-agent
+inbound_trunks:
+  - name: clash-a
+    numbers: ["+15551239999"]
+    allowed_addresses: ["127.0.0.1/32"]
+  - name: clash-b
+    numbers: ["+15551239999"]
+    allowed_addresses: ["127.0.0.1/32"]
+dispatch_rules:
+  - name: clash-calls
+    type: individual
+    trunks: [clash-a]
+    room_prefix: clash-
+"""
+
+
+def test_provisioning_a_file_the_server_refuses_says_what_and_why(
+    livekit_stack: stack.StackConfig, tmp_path: Path
+) -> None:
+    """Two trunks with one number pass our own checks but not LiveKit's: the command fails
+    naming the item, the server's reason and what it had already applied; with the file
+    fixed, running it again finishes the job."""
+    spec = tmp_path / "sip.yaml"
+    spec.write_text(CONFLICTING_SPEC)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
+    env.update(livekit_stack.env())
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "telephony", "provision", str(spec)],
+                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    out = run()
+    assert out.returncode == 2, out
+    assert "refused CreateSIPInboundTrunk for 'clash-b'" in out.stderr, out.stderr
+    assert "Conflicting inbound SIP Trunks" in out.stderr, out.stderr
+    assert "already applied: CreateSIPInboundTrunk clash-a" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    clash_b = CONFLICTING_SPEC.index("  - name: clash-b")
+    spec.write_text(
+        CONFLICTING_SPEC[:clash_b] + CONFLICTING_SPEC[CONFLICTING_SPEC.index("dispatch_rules:") :]
+    )
+    fixed = run()
+    assert fixed.returncode == 0, fixed.stderr
+    assert "CreateSIPDispatchRule" in fixed.stdout and "CreateSIPInboundTrunk" not in fixed.stdout
+
+
 @pytest.fixture(scope="module")
 def tool_worker(
     livekit_stack: stack.StackConfig, tmp_path_factory: pytest.TempPathFactory
