@@ -51,6 +51,34 @@ async def test_streams_a_reply_token_by_token(server: EmbeddedLLMServer) -> None
     assert "".join(chunks).strip()
 
 
+async def test_a_second_calls_request_does_not_cut_the_first_reply(
+    server: EmbeddedLLMServer,
+) -> None:
+    """Two calls on one worker share the embedded server. llama-cpp-python's default ends the
+    reply being streamed when another request arrives; the worker turns that off, so the
+    second request waits its turn and both replies are whole."""
+    model = LLM(opts=LLMOptions(base_url=server.base_url, model="smollm2", max_tokens=48))
+    first_chunk = asyncio.Event()
+
+    async def reply(question: str, signal_first: bool) -> list[str]:
+        chunks: list[str] = []
+        async with model.chat(chat_ctx=_ctx(question), conn_options=NO_RETRY) as stream:
+            async for chunk in stream:
+                if chunk.delta and chunk.delta.content:
+                    chunks.append(chunk.delta.content)
+                    if signal_first:
+                        first_chunk.set()
+        return chunks
+
+    first = asyncio.create_task(reply("Count from one to forty, in words.", True))
+    await asyncio.wait_for(first_chunk.wait(), 60)
+    second = await reply("Name three colours.", False)
+    whole = await first
+    await model.aclose()
+    assert second, "the second reply came"
+    assert len(whole) >= 30, f"the first reply was cut when the second came: {''.join(whole)!r}"
+
+
 async def _cpu_seconds(proc: psutil.Process, window: float) -> float:
     before = sum(proc.cpu_times()[:2])
     await asyncio.sleep(window)

@@ -135,6 +135,10 @@ class EmbeddedLLMServer:
             # verbose: the server logs, per request, how much of the prompt came from its
             # cache and how long the rest took (prompt_evals reads it back)
             "--n_ctx", str(self._ctx), "--verbose", "True",
+            # by default a new request ends the one being streamed: with two calls on one
+            # worker, each call's request cut the other's reply short. A reply nobody wants
+            # any more (barge-in, a dropped speculation) ends when its client disconnects.
+            "--interrupt_requests", "False",
         ]  # fmt: skip
         if ":" in self._model and not Path(self._model).exists():
             repo, filename = self._model.split(":", 1)
