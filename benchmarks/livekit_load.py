@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -83,7 +84,11 @@ def main() -> int:
                         q.cpu_percent(None)
                     while not stop.wait(0.5):
                         peak[0] = max(peak[0], tree_rss(ps))
-                        cpu.append(sum(q.cpu_percent(None) for q in procs if q.is_running()))
+                        total = 0.0
+                        for q in procs:
+                            with contextlib.suppress(psutil.NoSuchProcess):
+                                total += q.cpu_percent(None)
+                        cpu.append(total)
 
                 t = threading.Thread(target=sample, daemon=True)
                 t.start()

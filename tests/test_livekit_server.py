@@ -712,6 +712,107 @@ async def test_a_killed_workers_call_goes_on_with_another_then_hangs_up_with_non
         fake.close()
 
 
+WARM_SPEC = """
+agent_name: warm-agent
+inbound_trunks:
+  - name: warm-line
+    numbers: ["+15551230004"]
+    allowed_addresses: ["127.0.0.1/32"]
+dispatch_rules:
+  - name: warm-line-calls
+    type: individual
+    trunks: [warm-line]
+    room_prefix: warm-
+"""
+
+
+def _briefed(w: Worker, before: set[Path]) -> bool:
+    """The agent has started briefing the colleague (the warm-transfer tool ran)."""
+    return any(
+        "I have a caller" in str(r.get("text"))
+        for p in set(w.calls()) - before for r in records.read_records(p)
+    )  # fmt: skip
+
+
+async def test_a_warm_transfer_dials_the_colleague_briefs_them_and_leaves_the_two_talking(
+    livekit_stack: stack.StackConfig, tmp_path: Path, espeak: Any, lkapi: api.LiveKitAPI
+) -> None:
+    """The warm-transfer tool through the real bridge: LiveKit SIP dials the colleague (a
+    SIPp answering party) into the caller's room, the agent briefs them, leaves, and the
+    caller and colleague stay connected; hanging up then ends both legs."""
+    from .conftest import models_dir
+
+    port = free_udp_port()
+    trunk = await _outbound_trunk(lkapi, port)
+    pcap = tmp_path / "desk.pcap"
+    wav_to_pcap(espeak("Front desk, how can I help?"), pcap)
+    # the colleague speaks every 10 s from the moment they answer, so the caller hears them
+    # once the agent has left, however long the briefing took
+    steps: list[tuple[str, object]] = [("pause", 1000)]
+    for _ in range(6):
+        steps += [("play", pcap), ("pause", 8000)]
+    sipp = start_sipp_uas(answering_scenario(steps, bye_timeout_ms=90000), port, tmp_path)
+    fake = ThreadedToolLLM({"person": "warm_transfer_to_human", "human": "warm_transfer_to_human"})
+    await asyncio.to_thread(_provision_text, livekit_stack, WARM_SPEC, tmp_path)
+    data = tmp_path / "w"
+    data.mkdir()
+    (data / "models").symlink_to(models_dir(), target_is_directory=True)
+    w = await asyncio.to_thread(
+        start_worker, livekit_stack, data, data / "worker.log",
+        WORKER_LLM__BASE_URL=fake.url, WORKER_LLM__MODEL="scripted",
+        WORKER_LIVEKIT__AGENT_NAME="warm-agent", WORKER_LIVEKIT__OUTBOUND_TRUNK=trunk,
+        WORKER_LIVEKIT__TRANSFER_TARGET="+15550009999", WORKER_LIVEKIT__WARM_TRANSFER="true",
+    )  # fmt: skip
+    phone = SipCaller(("127.0.0.1", livekit_stack.sip_port), user="+15551230004")
+    before = set(w.calls())
+    try:
+        await asyncio.to_thread(phone.dial)
+        await phone.wait_agent_quiet(quiet=1.0, limit=60)
+        for words in ASK_FOR_A_PERSON:  # until the tool runs (our STT may mishear espeak)
+            pcm, rate = read_wav(espeak(words))
+            await phone.stream(resample(pcm, rate, 8000))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not _briefed(w, before):
+                await phone.silence(0.2)
+            if _briefed(w, before):
+                break
+        recs = await _closed_record(w, before)
+        assert recs[-1]["reason"] == "warm_transferred", recs[-1]
+        briefed = [r["text"] for r in recs if r.get("role") == "agent"]
+        assert any("I have a caller" in t for t in briefed), briefed
+        # the agent is gone; the caller and the colleague are still in the room together
+        room = recs[0]["room"]
+        deadline = time.monotonic() + 30
+        while True:  # the job disconnects just after its record closes
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            kinds = sorted(api.ParticipantInfo.Kind.Name(p.kind) for p in res.participants
+                           if p.state == api.ParticipantInfo.State.ACTIVE)  # fmt: skip
+            if "AGENT" not in kinds or time.monotonic() > deadline:
+                break
+            await phone.silence(0.2)
+        assert kinds == ["SIP", "SIP"], kinds
+        # the room carries the colleague's voice to the caller, with no agent in between
+        heard = len(phone.voiced_at)
+        deadline = time.monotonic() + 30
+        while len(phone.voiced_at) < heard + 25:  # half a second of voice
+            assert time.monotonic() < deadline, "the caller never heard the colleague"
+            await phone.silence(0.2)
+        assert await phone.until_request("BYE", 3) is None, "the caller was hung up on"
+        assert sipp.poll() is None, "the colleague was hung up on"
+        assert await asyncio.to_thread(phone.hang_up) == 200
+        # the caller hung up: the worker ends the room, so the colleague gets a BYE too
+        rc = await asyncio.to_thread(sipp.wait, 60)
+        said = sipp.stderr.read().decode(errors="replace")
+        # a BYE, at the scenario's end or while the colleague was still speaking
+        assert rc == 0 or "unexpected BYE" in said, said
+    finally:
+        phone.close()
+        if sipp.poll() is None:
+            sipp.kill()
+        stop_worker(w)
+        fake.close()
+
+
 CALLEE = "+15557654321"
 
 

@@ -313,6 +313,33 @@ async def _delete_room(call: LiveKitCall) -> None:
         logger.warning("could not delete room %s: %s", call.room_name, e)
 
 
+async def _watch_handed_over(settings: Settings, room: str, server: AgentServer) -> None:
+    """After a warm transfer the agent has left the caller and the colleague talking in the
+    room. When one of them hangs up, delete the room, so the other gets a BYE rather than
+    silence. Polled through the API from outside the room; a drain ends the watch."""
+    lk = api_factory(settings)()
+    try:
+        while not server.draining:
+            await asyncio.sleep(2.0)
+            res = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+            people = [
+                p for p in res.participants
+                if p.kind != api.ParticipantInfo.Kind.AGENT
+                and p.state == api.ParticipantInfo.State.ACTIVE
+            ]  # fmt: skip
+            if len(people) < 2:
+                logger.info("a party left the handed-over call in %s; ending it", room)
+                await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+                return
+    except api.TwirpError as e:
+        if e.code != api.TwirpErrorCode.NOT_FOUND:  # not found: the room has gone already
+            logger.warning("stopped watching the handed-over call in %s: %s", room, e)
+    except Exception as e:  # the server is away: nothing more this job can do
+        logger.warning("stopped watching the handed-over call in %s: %s", room, e)
+    finally:
+        await lk.aclose()
+
+
 def _resumed(metadata: str) -> list[dict[str, str]] | None:
     """The turns so far of a call resumed after its worker died (``None``: a new call)."""
     with contextlib.suppress(wire.WireError, AttributeError):
@@ -439,8 +466,10 @@ def build_server(settings: Settings) -> AgentServer:
                 await _delete_empty_room(settings, ctx.room.name)
                 return
             watchers: list[asyncio.Task[None]] = []
+            calls: list[LiveKitCall] = []
 
             def on_call(call: LiveKitCall) -> None:
+                calls.append(call)
                 watchers.append(asyncio.create_task(_close_when_drained(server, call, settings)))
 
             if _guardian is not None:
@@ -455,6 +484,9 @@ def build_server(settings: Settings) -> AgentServer:
                     _guardian.ended(ctx.room.name)
                 for t in watchers:
                     t.cancel()
+            if calls and calls[0].end_reason == "warm_transferred":
+                await ctx.room.disconnect()
+                await _watch_handed_over(settings, ctx.room.name, server)
         finally:
             await release_job(models)
             ctx.shutdown("call ended")
