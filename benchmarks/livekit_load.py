@@ -93,15 +93,21 @@ def main() -> int:
                 t = threading.Thread(target=sample, daemon=True)
                 t.start()
 
-                async def calls(n: int = n) -> list[list[float]]:
-                    return list(await asyncio.gather(
-                        *(rtc_call(conf, lines, 100 * n + i) for i in range(n))
-                    ))  # fmt: skip
+                async def one(i: int, n: int = n) -> list[float] | None:
+                    try:
+                        return await rtc_call(conf, lines, 100 * n + i)
+                    except TimeoutError:  # the agent never answered this caller: a figure too
+                        return None
 
-                v2v = [x for c in asyncio.run(calls()) for x in c]
+                async def calls(n: int = n) -> list[list[float] | None]:
+                    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+                got = asyncio.run(calls())
+                v2v = [x for c in got if c is not None for x in c]
                 stop.set()
                 t.join()
-                row = {"calls": n, "replies": len(v2v), "v2v_p50_ms": pct(v2v, 0.5),
+                row = {"calls": n, "unanswered": sum(c is None for c in got),
+                       "replies": len(v2v), "v2v_p50_ms": pct(v2v, 0.5),
                        "v2v_p95_ms": pct(v2v, 0.95), "peak_rss_mb": round(peak[0] / 2**20),
                        "cpu_percent_mean": round(sum(cpu) / max(1, len(cpu)))}  # fmt: skip
                 rows.append(row)
