@@ -18,7 +18,8 @@ async def tool_calling_llm(
     requests: list[dict[str, Any]], rules: dict[str, str]
 ) -> tuple[web.AppRunner, str]:
     """Serve on 127.0.0.1; ``rules`` maps a substring of the last user message to the tool
-    to call ("" matches anything). Other requests get a one-word text reply."""
+    to call ("" matches anything), optionally followed by its JSON arguments after a space
+    (``'press_keys {"keys": "1#"}'``). Other requests get a one-word text reply."""
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -28,12 +29,11 @@ async def tool_calling_llm(
         names = {t["function"]["name"] for t in body.get("tools", [])}
         last = body["messages"][-1]
         text = str(last.get("content") or "") if last["role"] == "user" else None
-        tool = next(
-            (t for k, t in rules.items() if text is not None and k in text and t in names), None
-        )
-        if tool is not None:
+        calls = [rule.partition(" ") for k, rule in rules.items() if text is not None and k in text]
+        tool, _, args = next((c for c in calls if c[0] in names), ("", "", ""))
+        if tool:
             call = {"index": 0, "id": "call_1", "type": "function",
-                    "function": {"name": tool, "arguments": "{}"}}  # fmt: skip
+                    "function": {"name": tool, "arguments": args or "{}"}}  # fmt: skip
             delta: dict[str, Any] = {"tool_calls": [call]}
             finish = "tool_calls"
         else:

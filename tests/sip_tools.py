@@ -349,6 +349,9 @@ class SipCaller:
         self.heard: list[np.ndarray] = []
         self.voiced_at: list[float] = []
         """Wall-clock arrival time of each voiced 20 ms frame from the agent."""
+        self.digits_heard: list[str] = []
+        """Keys the far end pressed (RFC 4733 events), in order."""
+        self._event_ts: set[int] = set()
         self._seq = 1
         self._ts = 0
 
@@ -395,12 +398,23 @@ class SipCaller:
                 data = self.rtp.recv(2048)
             except BlockingIOError:
                 return
+            if len(data) >= 16 and data[1] & 0x7F == 101:  # RFC 4733 telephone-event
+                self._telephone_event(data)
+                continue
             if len(data) <= 12 or data[1] & 0x7F != 0:
                 continue
             pcm = g711.decode(data[12:], "ulaw")
             self.heard.append(pcm)
             if float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > self.VOICED_RMS:
                 self.voiced_at.append(time.time())
+
+    def _telephone_event(self, data: bytes) -> None:
+        """A key the far end pressed: one per RTP timestamp, taken at its end packet."""
+        ts = struct.unpack("!I", data[4:8])[0]
+        event, flags = data[12], data[13]
+        if flags & 0x80 and ts not in self._event_ts and event < 12:
+            self._event_ts.add(ts)
+            self.digits_heard.append("0123456789*#"[event])
 
     async def stream(self, pcm8k: np.ndarray) -> float:
         """Send audio at real-time pace (silence included); returns when the last frame left."""

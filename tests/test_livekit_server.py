@@ -399,9 +399,11 @@ def tool_worker(
     tests are about what the SIP bridge does when a tool runs, not about the model."""
     from .conftest import models_dir
 
-    fake = ThreadedToolLLM(
-        {"bye": "end_call", "person": "transfer_to_human", "human": "transfer_to_human"}
-    )
+    keys = 'press_keys {"keys": "42#"}'
+    fake = ThreadedToolLLM({
+        "bye": "end_call", "person": "transfer_to_human", "human": "transfer_to_human",
+        "menu": keys, "keypad": keys, "keys": keys,
+    })  # fmt: skip
     data = tmp_path_factory.mktemp("lk-tools")
     (data / "models").symlink_to(models_dir(), target_is_directory=True)
     _provision_text(livekit_stack, TOOL_SPEC, data)
@@ -409,6 +411,7 @@ def tool_worker(
         livekit_stack, data, data / "worker.log", WORKER_LLM__BASE_URL=fake.url,
         WORKER_LLM__MODEL="scripted", WORKER_LIVEKIT__AGENT_NAME="tool-agent",
         WORKER_LIVEKIT__TRANSFER_TARGET=TRANSFER_TARGET, WORKER_AGENT__DTMF_GAP="0.5",
+        WORKER_AGENT__KEYPAD_TOOL="true",
     )  # fmt: skip
     yield w, fake
     stop_worker(w)
@@ -484,6 +487,32 @@ async def test_digits_reach_the_record_and_end_call_hangs_up_the_phone(
     assert recs[-1]["reason"] == "agent_hangup"
     # the keys reached the conversation too
     assert any("1 2" in json.dumps(r["messages"]) for r in fake.requests)
+
+
+async def test_the_keypad_tool_presses_keys_the_phone_receives(
+    livekit_stack: stack.StackConfig, tool_worker: tuple[Worker, ThreadedToolLLM], espeak: Any
+) -> None:
+    """DTMF from the agent: the LLM's press_keys call is published on the room and LiveKit
+    SIP sends it to the phone as RFC 4733 events, in order."""
+    _, fake = tool_worker
+    phone = await _dial_tool_line(livekit_stack)
+    try:
+        for words in ("Please use the menu.", "Press the keys on the keypad.", "Menu, please."):
+            pcm, rate = read_wav(espeak(words))  # again in other words if our STT mishears
+            await phone.stream(resample(pcm, rate, 8000))
+            deadline = time.monotonic() + 30
+            while len(phone.digits_heard) < 3 and time.monotonic() < deadline:
+                await phone.silence(0.2)
+            if phone.digits_heard:
+                break
+        assert phone.digits_heard == ["4", "2", "#"], phone.digits_heard
+        deadline = time.monotonic() + 30  # and the LLM hears the tool's result
+        while not any("Pressed 4 2 #" in json.dumps(r["messages"]) for r in fake.requests):
+            assert time.monotonic() < deadline, "the LLM never heard the keys were pressed"
+            await phone.silence(0.2)
+        assert await asyncio.to_thread(phone.hang_up) == 200
+    finally:
+        phone.close()
 
 
 async def test_transfer_tool_refers_the_phone_to_the_target(

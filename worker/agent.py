@@ -72,10 +72,13 @@ class VoiceAgent(Agent):
         call: Call | None = None,
         transfer_target: str | None = None,
         warm_transfer: bool = False,
+        keypad: bool = False,
     ) -> None:
         tools = []
         if call is not None:
             tools.append(self._end_call_tool())
+            if keypad:
+                tools.append(self._keypad_tool())
             if transfer_target:
                 tools.append(self._transfer_tool())
                 if warm_transfer:
@@ -198,6 +201,27 @@ class VoiceAgent(Agent):
             await self.end_call()
 
         return function_tool(end_call)
+
+    def _keypad_tool(self) -> Any:
+        async def press_keys(context: RunContext, keys: str) -> str:
+            """Press keys on the phone keypad (digits 0-9, * and #), for example to choose an
+            option in an automated phone menu."""
+            await context.wait_for_playout()
+            return await self.press_keys(keys)
+
+        return function_tool(press_keys)
+
+    async def press_keys(self, keys: str) -> str:
+        """Send ``keys`` as DTMF on the call; what happened, for the LLM."""
+        digits = "".join(k for k in keys if k in "0123456789*#")
+        if self._call is None or not digits:
+            return "No keys were pressed: give digits 0-9, * or #."
+        try:
+            await self._call.send_dtmf(digits)
+        except Exception as e:  # a transport that cannot send: tell the model, not the caller
+            logger.warning("pressing %s failed: %s", digits, e)
+            return "The keys could not be pressed on this call."
+        return f"Pressed {' '.join(digits)}."
 
     def _transfer_tool(self) -> Any:
         async def transfer_to_human(context: RunContext) -> str:

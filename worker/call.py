@@ -153,6 +153,7 @@ async def run_call(
             else None
         ),
         warm_transfer=call.transport == "livekit-sip" and settings.livekit.warm_transfer,
+        keypad=settings.agent.keypad_tool and call.transport in ("sip", "livekit-sip"),
     )  # fmt: skip
     agent.on_backchannel = observer.backchannel_heard
     if on_agent is not None:

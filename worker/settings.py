@@ -115,6 +115,12 @@ class AgentSettings(BaseModel):
     dtmf_gap: float = Field(
         1.5, description="Seconds after the last key press before the digits reach the LLM."
     )
+    keypad_tool: bool = Field(
+        False,
+        description="On phone calls, offer the LLM a tool that presses keys (DTMF), e.g. for "
+        "an outbound call into an automated menu. Off by default: a small model does better "
+        "with fewer tools.",
+    )
     transfer_notice: str = Field(
         "Please hold while I transfer you.",
         description="Said before a transfer to `sip.transfer_target`.",
