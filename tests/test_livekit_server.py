@@ -91,6 +91,15 @@ class Worker:
         return list(records.iter_calls(self.data_dir / "calls"))
 
 
+def worker_dir(data: Path) -> Path:
+    """A worker's data directory (made if missing) that reads the shared offline models."""
+    from .conftest import models_dir
+
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "models").symlink_to(models_dir(), target_is_directory=True)
+    return data
+
+
 def start_worker(conf: stack.StackConfig, data_dir: Path, log: Path, **env: str) -> Worker:
     """`python -m worker dev` against the stack; returns once it has registered."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
@@ -130,10 +139,8 @@ def stop_worker(w: Worker, sig: int = signal.SIGINT) -> int:
 def worker(
     livekit_stack: stack.StackConfig, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
-    from .conftest import models_dir
 
-    data = tmp_path_factory.mktemp("lk-worker")
-    (data / "models").symlink_to(models_dir(), target_is_directory=True)
+    data = worker_dir(tmp_path_factory.mktemp("lk-worker"))
     w = start_worker(livekit_stack, data, data / "worker.log")
     yield w
     rc = stop_worker(w)
@@ -327,18 +334,24 @@ async def test_phone_call_through_livekit_sip_is_answered_and_greeted(
     assert await _room_gone(lkapi, start["room"], 30)
 
 
-TOOL_SPEC = """
-agent_name: tool-agent
+def line_spec(agent: str, line: str, number: str) -> str:
+    """A provisioning file: one inbound trunk for ``number`` from loopback, its calls each in
+    a room of their own (``LINE-...``) with ``agent`` dispatched."""
+    return f"""
+agent_name: {agent}
 inbound_trunks:
-  - name: tool-line
-    numbers: ["+15551230001"]
+  - name: {line}-line
+    numbers: ["{number}"]
     allowed_addresses: ["127.0.0.1/32"]
 dispatch_rules:
-  - name: tool-line-calls
+  - name: {line}-line-calls
     type: individual
-    trunks: [tool-line]
-    room_prefix: tool-
+    trunks: [{line}-line]
+    room_prefix: {line}-
 """
+
+
+TOOL_SPEC = line_spec("tool-agent", "tool", "+15551230001")
 TRANSFER_TARGET = "sip:front-desk@127.0.0.1:5099"
 
 
@@ -397,15 +410,13 @@ def tool_worker(
 
     Why a scripted LLM: the offline models do not call a tool on cue every time, and these
     tests are about what the SIP bridge does when a tool runs, not about the model."""
-    from .conftest import models_dir
 
     keys = 'press_keys {"keys": "42#"}'
     fake = ThreadedToolLLM({
         "bye": "end_call", "person": "transfer_to_human", "human": "transfer_to_human",
         "menu": keys, "keypad": keys, "keys": keys,
     })  # fmt: skip
-    data = tmp_path_factory.mktemp("lk-tools")
-    (data / "models").symlink_to(models_dir(), target_is_directory=True)
+    data = worker_dir(tmp_path_factory.mktemp("lk-tools"))
     _provision_text(livekit_stack, TOOL_SPEC, data)
     w = start_worker(
         livekit_stack, data, data / "worker.log", WORKER_LLM__BASE_URL=fake.url,
@@ -563,18 +574,7 @@ async def test_a_failed_transfer_keeps_the_caller_with_the_agent(
     assert recs[-1]["reason"] == "caller_hangup"
 
 
-DRAIN_SPEC = """
-agent_name: drain-agent
-inbound_trunks:
-  - name: drain-line
-    numbers: ["+15551230002"]
-    allowed_addresses: ["127.0.0.1/32"]
-dispatch_rules:
-  - name: drain-line-calls
-    type: individual
-    trunks: [drain-line]
-    room_prefix: drain-
-"""
+DRAIN_SPEC = line_spec("drain-agent", "drain", "+15551230002")
 
 
 async def _new_call_in(workers: list[Worker], before: list[set[Path]], limit: float) -> int:
@@ -594,7 +594,6 @@ async def test_two_workers_share_calls_and_a_drained_one_says_goodbye(
     """Two workers of one agent, one call each at most: the second call goes to the worker
     that is free; SIGTERM makes a worker finish its call politely (the closing line, then a
     BYE) and exit, and the next call goes to the other one."""
-    from .conftest import models_dir
 
     fake = ThreadedToolLLM({})  # a scripted LLM: these calls are about dispatch, not replies
     await asyncio.to_thread(_provision_text, livekit_stack, DRAIN_SPEC, tmp_path)
@@ -602,9 +601,7 @@ async def test_two_workers_share_calls_and_a_drained_one_says_goodbye(
     phones: list[SipCaller] = []
     try:
         for n in range(2):
-            data = tmp_path / f"w{n}"
-            data.mkdir()
-            (data / "models").symlink_to(models_dir(), target_is_directory=True)
+            data = worker_dir(tmp_path / f"w{n}")
             workers.append(await asyncio.to_thread(
                 start_worker, livekit_stack, data, data / "worker.log",
                 WORKER_LLM__BASE_URL=fake.url,
@@ -644,18 +641,7 @@ async def test_two_workers_share_calls_and_a_drained_one_says_goodbye(
         fake.close()
 
 
-KILL_SPEC = """
-agent_name: kill-agent
-inbound_trunks:
-  - name: kill-line
-    numbers: ["+15551230003"]
-    allowed_addresses: ["127.0.0.1/32"]
-dispatch_rules:
-  - name: kill-line-calls
-    type: individual
-    trunks: [kill-line]
-    room_prefix: kill-
-"""
+KILL_SPEC = line_spec("kill-agent", "kill", "+15551230003")
 
 
 async def _agent_said(w: Worker, before: set[Path], text: str, limit: float) -> list[Path]:
@@ -676,7 +662,6 @@ async def test_a_killed_workers_call_goes_on_with_another_then_hangs_up_with_non
     """SIGKILL the worker in a call: its completed turn is on disk, and its guardian has the
     other worker take the call over (the resume line, then replies that know the earlier
     turns). SIGKILL that one too, with no worker left: the phone gets a BYE, not silence."""
-    from .conftest import models_dir
 
     fake = ThreadedToolLLM({})  # scripted: this is about who carries the call, not replies
     await asyncio.to_thread(_provision_text, livekit_stack, KILL_SPEC, tmp_path)
@@ -684,9 +669,7 @@ async def test_a_killed_workers_call_goes_on_with_another_then_hangs_up_with_non
     phone = SipCaller(("127.0.0.1", livekit_stack.sip_port), user="+15551230003")
     try:
         for n in range(2):
-            data = tmp_path / f"w{n}"
-            data.mkdir()
-            (data / "models").symlink_to(models_dir(), target_is_directory=True)
+            data = worker_dir(tmp_path / f"w{n}")
             workers.append(await asyncio.to_thread(
                 start_worker, livekit_stack, data, data / "worker.log",
                 WORKER_LLM__BASE_URL=fake.url, WORKER_LLM__MODEL="scripted",
@@ -741,18 +724,7 @@ async def test_a_killed_workers_call_goes_on_with_another_then_hangs_up_with_non
         fake.close()
 
 
-WARM_SPEC = """
-agent_name: warm-agent
-inbound_trunks:
-  - name: warm-line
-    numbers: ["+15551230004"]
-    allowed_addresses: ["127.0.0.1/32"]
-dispatch_rules:
-  - name: warm-line-calls
-    type: individual
-    trunks: [warm-line]
-    room_prefix: warm-
-"""
+WARM_SPEC = line_spec("warm-agent", "warm", "+15551230004")
 
 
 def _briefed(w: Worker, before: set[Path]) -> bool:
@@ -769,7 +741,6 @@ async def test_a_warm_transfer_dials_the_colleague_briefs_them_and_leaves_the_tw
     """The warm-transfer tool through the real bridge: LiveKit SIP dials the colleague (a
     SIPp answering party) into the caller's room, the agent briefs them, leaves, and the
     caller and colleague stay connected; hanging up then ends both legs."""
-    from .conftest import models_dir
 
     port = free_udp_port()
     trunk = await _outbound_trunk(lkapi, port)
@@ -783,9 +754,7 @@ async def test_a_warm_transfer_dials_the_colleague_briefs_them_and_leaves_the_tw
     sipp = start_sipp_uas(answering_scenario(steps, bye_timeout_ms=90000), port, tmp_path)
     fake = ThreadedToolLLM({"person": "warm_transfer_to_human", "human": "warm_transfer_to_human"})
     await asyncio.to_thread(_provision_text, livekit_stack, WARM_SPEC, tmp_path)
-    data = tmp_path / "w"
-    data.mkdir()
-    (data / "models").symlink_to(models_dir(), target_is_directory=True)
+    data = worker_dir(tmp_path / "w")
     w = await asyncio.to_thread(
         start_worker, livekit_stack, data, data / "worker.log",
         WORKER_LLM__BASE_URL=fake.url, WORKER_LLM__MODEL="scripted",
