@@ -141,6 +141,17 @@ async def test_closing_the_stream_stops_generation(server: EmbeddedLLMServer) ->
     assert waited < 15, "the server kept generating after the stream was closed"
 
 
+async def test_the_server_runs_below_the_worker(server: EmbeddedLLMServer) -> None:
+    """Speech synthesis must win the cores over the LLM writing ahead: the server runs niced,
+    and, since it leads its own session (its own autogroup), the group is niced as well;
+    without that the plain nice value would not count against the worker's threads."""
+    assert server.pid is not None
+    assert psutil.Process(server.pid).nice() == 10
+    group = Path(f"/proc/{server.pid}/autogroup")
+    if group.exists():
+        assert group.read_text().split()[-1] == "10", group.read_text()
+
+
 async def test_unreachable_endpoint_fails_fast_with_a_connection_error() -> None:
     port = free_port()
     model = LLM(opts=LLMOptions(base_url=f"http://127.0.0.1:{port}/v1", model="x"))
@@ -258,7 +269,7 @@ async def test_tool_calls_with_the_default_model(
     assert booking and booking[0][0] == "make_booking"
 
 
-def test_prompt_evals_read_from_the_servers_log() -> None:
+async def test_prompt_evals_read_from_the_servers_log() -> None:
     """The three shapes llama-cpp-python logs: cold, a prefix hit, the whole prompt cached."""
     from plugins.llama_cpp.server import PromptEval, parse_prompt_evals
 

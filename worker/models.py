@@ -196,7 +196,7 @@ async def load_llm(settings: Settings) -> tuple[OpenAICompatLLM, EmbeddedLLMServ
         server = EmbeddedLLMServer(
             gguf, alias=model, threads=s.embedded_threads,
             batch_threads=s.embedded_batch_threads, ctx=s.embedded_ctx,
-            log_path=settings.data_dir / "embedded-llm.log",
+            log_path=settings.data_dir / "embedded-llm.log", nice=s.embedded_nice,
         )  # fmt: skip
         await server.start()
         base_url = server.base_url

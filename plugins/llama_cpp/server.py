@@ -74,6 +74,22 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def _lower_priority(nice: int) -> None:
+    """In the child: run below the worker, so speech synthesis wins the cores when both want
+    them and the LLM writes ahead only with what synthesis leaves.
+
+    The child leads a session of its own, which Linux schedules as its own *autogroup*:
+    there a plain nice value only ranks the group's own threads against each other, so the
+    group's nice is set as well (``/proc/self/autogroup``; absent when autogroups are off,
+    and then the plain nice is what counts)."""
+    if nice <= 0:
+        return
+    with contextlib.suppress(OSError):
+        os.nice(nice)
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+        f.write(str(nice))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -93,8 +109,10 @@ class EmbeddedLLMServer:
         ctx: int = 4096,
         host: str = "127.0.0.1",
         log_path: Path | None = None,
+        nice: int = 10,
     ) -> None:
         self._model = model
+        self._nice = nice
         self._alias = alias
         self._threads = threads
         self._batch_threads = batch_threads or threads
@@ -180,6 +198,10 @@ class EmbeddedLLMServer:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
 
+    def _child_setup(self) -> None:
+        _die_with_parent()
+        _lower_priority(self._nice)
+
     async def _spawn(self, ready_within: float) -> None:
         cmd = self._command()
         log: Any = subprocess.DEVNULL
@@ -194,7 +216,7 @@ class EmbeddedLLMServer:
             stderr=log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=self._child_setup,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + ready_within
