@@ -11,7 +11,8 @@ import pytest
 from livekit import rtc
 from livekit.agents import stt as lkstt
 
-from plugins.faster_whisper import STT
+from plugins.faster_whisper import STT, decode
+from plugins.faster_whisper.decode import WindowedDecoder
 from worker.audio import resample
 from worker.models import load_stt
 from worker.settings import Settings
@@ -105,3 +106,91 @@ async def test_stream_gives_interim_transcripts_while_the_caller_speaks(
     assert all(t < final_t for t, _ in interim)
     texts = [ev.alternatives[0].text for _, ev in interim]
     assert len(texts[-1].split()) > len(texts[0].split()), texts
+
+
+def _pcm(espeak, text: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    samples, rate = load_pcm(espeak(text))
+    return resample(samples, rate, 16000).astype(np.float32) / 32768.0
+
+
+def test_a_short_utterance_is_decoded_in_the_short_window(whisper: STT, espeak) -> None:  # type: ignore[no-untyped-def]
+    """The final transcript must not pay for Whisper's whole 30 s window: a plain question
+    decodes in the short one, with the same words as in the full window."""
+    pcm = _pcm(espeak, SENTENCES[0])
+    short = whisper.decode_pcm(pcm)
+    assert short is not None and not short.full_window
+    full = WindowedDecoder(whisper._model).decode([pcm], "en", short=False)[0]
+    assert full.full_window
+    assert word_error_rate(full.text, short.text) == 0.0, (short.text, full.text)
+    assert 0.0 < short.confidence <= 1.0
+
+
+def test_an_unsound_short_decode_is_redone_in_the_full_window(
+    whisper: STT,
+    espeak,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the short window's words look invented (here: any words at all are "too many"
+    for the audio), the decoder falls back to the full window rather than returning them."""
+    monkeypatch.setattr(decode, "MAX_WORDS_PER_SECOND", -1.0)
+    d = whisper.decode_pcm(_pcm(espeak, SENTENCES[2]))
+    assert d is not None and d.full_window
+    assert word_error_rate(SENTENCES[2], d.text) < 0.3, d.text
+
+
+def test_a_phrase_said_twice_in_a_row_marks_a_loop() -> None:
+    assert decode.repeats_itself("Okay okay okay okay")
+    assert decode.repeats_itself("Do you have many many options")
+    assert decode.repeats_itself("can I can I speak")
+    assert not decode.repeats_itself("I would like to book a table for two at seven.")
+
+
+def _trim(samples: np.ndarray) -> np.ndarray:
+    voiced = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
+    return samples[voiced[0] : voiced[-1] + 1]
+
+
+def _finals(events: list[tuple[float, lkstt.SpeechEvent]]) -> list[str]:
+    return [
+        ev.alternatives[0].text
+        for _, ev in events
+        if ev.type == lkstt.SpeechEventType.FINAL_TRANSCRIPT
+    ]
+
+
+async def test_the_final_is_the_decode_started_at_the_first_silence(
+    whisper: STT,
+    espeak,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The final transcript is decoded once, starting as the silence begins, not again when
+    the VAD closes the utterance; with the early decode off, the counter stays put."""
+    samples, src = load_pcm(espeak(SENTENCES[1]))
+    before = whisper.early_finals
+    events = await _stream(whisper, samples, src, pace=4.0)
+    assert whisper.early_finals == before + 1
+    (final,) = _finals(events)
+    assert word_error_rate(SENTENCES[1], final) < 0.3, final
+
+    monkeypatch.setattr(whisper, "_early_final", 0.0)
+    events = await _stream(whisper, samples, src, pace=4.0)
+    assert whisper.early_finals == before + 1
+    assert len(_finals(events)) == 1
+
+
+async def test_a_pause_shorter_than_the_utterance_gap_drops_the_early_decode(
+    whisper: STT,
+    espeak,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller pausing mid-sentence for less than ``min_silence``: the decode started in the
+    pause is dropped and the one final holds both halves."""
+    monkeypatch.setattr(whisper, "_early_final", 0.05)
+    first, src = load_pcm(espeak("I would like to book a table"))
+    second, _ = load_pcm(espeak("for two people tonight."))
+    gap = np.zeros(int(src * 0.16), np.int16)  # espeak's own silences trimmed below
+    dropped = whisper.early_dropped
+    events = await _stream(whisper, np.concatenate([_trim(first), gap, _trim(second)]), src, 4.0)
+    (final,) = _finals(events)
+    assert word_error_rate("I would like to book a table for two people tonight.", final) < 0.3
+    assert whisper.early_dropped > dropped, "the pause should have started an early decode"

@@ -98,6 +98,7 @@ def load_stt(settings: Settings) -> WhisperSTT:
         ),
         interim_interval=s.interim_interval,
         min_silence=s.min_silence,
+        early_final=s.early_final,
     )  # fmt: skip
 
 

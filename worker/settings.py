@@ -168,6 +168,12 @@ class STTSettings(BaseModel):
         description="Silence (s) that ends an utterance for the final transcript; the turn "
         "itself is decided by endpointing, so short is safe and fast.",
     )
+    early_final: float = Field(
+        0.1,
+        ge=0.0,
+        description="Silence (s) after which the final decode starts, before `min_silence` "
+        "closes the utterance; dropped if the caller goes on. 0 waits for `min_silence`.",
+    )
 
 
 class TTSSettings(BaseModel):

@@ -2,7 +2,8 @@
 
 Utterances from different callers that need decoding at about the same time (within
 ``max_wait`` seconds) are encoded and decoded as one batch: on a GPU a batch of eight costs
-little more than one. Each item is padded to Whisper's 30 s window, as a single decode is.
+little more than one. A batch shares one encoder window, sized to its longest utterance
+(:mod:`.decode`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from faster_whisper import WhisperModel
-from faster_whisper.tokenizer import Tokenizer
 
+from .decode import WindowedDecoder, heard
 from .log import logger
-
-N_FRAMES = 3000  # 30 s of 10 ms mel frames
 
 
 @dataclass
@@ -45,11 +44,7 @@ class BatchDecoder:
         self._task: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-batch")
         self._lock = threading.Lock()
-        multilingual = bool(model.model.is_multilingual)
-        self._tokenizer = Tokenizer(
-            model.hf_tokenizer, multilingual, task="transcribe",
-            language=language if multilingual else None,
-        )  # fmt: skip
+        self._decoder = WindowedDecoder(model)
 
     async def transcribe(self, pcm: np.ndarray) -> str:
         """16 kHz float32 mono in, text out."""
@@ -92,26 +87,7 @@ class BatchDecoder:
 
     def decode_batch(self, pcms: list[np.ndarray]) -> list[str]:
         """Blocking: encode and greedily decode several utterances together."""
-        feats = []
-        for pcm in pcms:
-            f = self.model.feature_extractor(pcm[-30 * 16000 :])
-            f = f[:, :N_FRAMES] if f.shape[1] >= N_FRAMES else np.pad(
-                f, ((0, 0), (0, N_FRAMES - f.shape[1]))
-            )  # fmt: skip
-            feats.append(f)
-        batch = np.stack(feats).astype(np.float32)
-        encoded = self.model.encode(batch)
-        tok = self._tokenizer
-        prompt = [*tok.sot_sequence, tok.no_timestamps]
-        results = self.model.model.generate(
-            encoded, [prompt] * len(pcms), beam_size=1, max_length=224,
-            suppress_blank=True, suppress_tokens=[-1], return_no_speech_prob=True,
-        )  # fmt: skip
-        texts = []
-        for r in results:
-            ids = [t for t in r.sequences_ids[0] if t < tok.eot]
-            text = tok.decode(ids).strip()
-            texts.append("" if r.no_speech_prob > 0.8 and len(ids) < 3 else text)
+        texts = [heard(d) for d in self._decoder.decode(pcms, self.language)]
         with self._lock:
             self.stats.batches += 1
             self.stats.items += len(pcms)

@@ -3,7 +3,10 @@
 Whisper decodes whole utterances, so streaming is built around it: a Silero VAD splits the
 caller's audio into utterances, the growing utterance is re-decoded at a bounded cadence for
 interim transcripts (at most one decode in flight per stream), and the finished utterance is
-decoded once more for the final transcript. Input at any rate is resampled once to 16 kHz;
+decoded once more for the final transcript. That last decode starts at the first moment of
+silence (``early_final`` seconds into it), not when the VAD closes the utterance: if the
+caller stays silent it is the final, ready ~``min_silence`` sooner; if they go on, it is
+dropped. Input at any rate is resampled once to 16 kHz;
 decoding runs on a thread pool shared by all calls, never on the event loop.
 """
 
@@ -14,6 +17,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from livekit import rtc
@@ -29,6 +33,7 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
 from .batch import BatchDecoder
+from .decode import Decoded, WindowedDecoder, heard
 from .log import logger
 from .models import WhisperOptions, load_model
 
@@ -84,6 +89,8 @@ class _Utterance:
     samples: int = 0
     decoded_samples: int = 0
     finalising: bool = False
+    early: asyncio.Task[str] | None = None
+    """The decode started at the first silence; dropped when the caller goes on."""
 
 
 class STT(stt.STT):
@@ -96,6 +103,7 @@ class STT(stt.STT):
         vad: agents_vad.VAD | None = None,
         interim_interval: float = 0.6,
         min_silence: float = 0.35,
+        early_final: float = 0.1,
     ) -> None:
         super().__init__(
             capabilities=stt.STTCapabilities(
@@ -104,8 +112,14 @@ class STT(stt.STT):
         )
         self._opts = opts
         self._model = load_model(opts)
+        self._decoder = WindowedDecoder(self._model, beam_size=opts.beam_size)
         self._pool = _pool(opts.num_workers)
         self._interim_interval = max(0.2, interim_interval)
+        self._early_final = early_final
+        self.early_finals = 0
+        """Finals taken from the decode started at the first silence (tests read it)."""
+        self.early_dropped = 0
+        """Decodes started at a silence the caller then spoke through."""
         if vad is None:
             from livekit.plugins import silero
 
@@ -120,22 +134,16 @@ class STT(stt.STT):
     def provider(self) -> str:
         return "faster-whisper"
 
-    def transcribe_pcm(self, pcm: np.ndarray, language: str | None = None) -> str:
-        """Decode 16 kHz mono float32 samples; blocking, so call it off the event loop."""
+    def decode_pcm(self, pcm: np.ndarray, language: str | None = None) -> Decoded | None:
+        """Decode 16 kHz mono float32 samples; blocking, so call it off the event loop.
+        ``None`` for audio too short to hold a word."""
         if pcm.size < SAMPLE_RATE // 10:
-            return ""
-        segments, _ = self._model.transcribe(
-            pcm,
-            language=language or self._opts.language,
-            beam_size=self._opts.beam_size,
-            # one temperature: fallback retries cost seconds on short utterances
-            temperature=0.0,
-            condition_on_previous_text=False,
-            without_timestamps=True,
-            vad_filter=False,
-        )
-        texts = [s.text for s in segments if not (s.no_speech_prob > 0.6 and s.avg_logprob < -1.0)]
-        return " ".join(t.strip() for t in texts).strip()
+            return None
+        return self._decoder.decode([pcm], language or self._opts.language)[0]
+
+    def transcribe_pcm(self, pcm: np.ndarray, language: str | None = None) -> str:
+        """The words in 16 kHz mono float32 samples, or "" for none; blocking."""
+        return heard(self.decode_pcm(pcm, language))
 
     batcher: BatchDecoder | None = None
     """When set (the shared STT server), decodes go through it in cross-stream batches."""
@@ -193,12 +201,16 @@ class SpeechStream(stt.RecognizeStream):
 
     async def _run(self) -> None:
         vad_stream = self._whisper._vad.stream()
-        tasks: set[asyncio.Task[None]] = set()
+        tasks: set[asyncio.Task[Any]] = set()
 
         async def finalise(utt: _Utterance, pcm: np.ndarray) -> None:
             async with self._final_lock:  # finals leave in utterance order
                 started = time.perf_counter()
-                text = await self._whisper.transcribe_async(pcm, self._language)
+                if utt.early is not None:
+                    self._whisper.early_finals += 1
+                    text = await utt.early
+                else:
+                    text = await self._whisper.transcribe_async(pcm, self._language)
                 logger.debug("final in %.0f ms: %r", (time.perf_counter() - started) * 1e3, text)
                 if text:
                     self._emit(stt.SpeechEventType.FINAL_TRANSCRIPT, utt.id, text)
@@ -213,6 +225,24 @@ class SpeechStream(stt.RecognizeStream):
                 )
                 self._emit(stt.SpeechEventType.END_OF_SPEECH, utt.id)
 
+        def early_decode(utt: _Utterance, ev: agents_vad.VADEvent) -> None:
+            early_at = self._whisper._early_final
+            if early_at <= 0 or not ev.speaking:
+                return
+            if ev.raw_accumulated_silence < early_at:
+                if ev.raw_accumulated_silence == 0.0 and utt.early is not None:
+                    utt.early = None  # the caller went on: that decode is stale
+                    self._whisper.early_dropped += 1
+                return
+            if utt.early is None:
+                utt.decoded_samples = utt.samples  # no interim for the same audio
+                pcm = np.concatenate(utt.chunks)
+                utt.early = asyncio.create_task(self._whisper.transcribe_async(pcm, self._language))
+                tasks.add(utt.early)
+                utt.early.add_done_callback(tasks.discard)
+                # a dropped decode's error is nobody's: read it so it is not reported unread
+                utt.early.add_done_callback(lambda t: t.cancelled() or t.exception())
+
         async def on_vad() -> None:
             async for ev in vad_stream:
                 if ev.type == agents_vad.VADEventType.START_OF_SPEECH:
@@ -221,6 +251,13 @@ class SpeechStream(stt.RecognizeStream):
                         id=uuid.uuid4().hex[:12], chunks=[head], samples=head.size
                     )
                     self._emit(stt.SpeechEventType.START_OF_SPEECH, self._utt.id)
+                elif ev.type == agents_vad.VADEventType.INFERENCE_DONE and self._utt is not None:
+                    # the utterance is built from the windows the VAD judged, so it has no
+                    # gap however far the VAD lags behind the input
+                    chunk = frames_to_pcm(ev.frames)
+                    self._utt.chunks.append(chunk)
+                    self._utt.samples += chunk.size
+                    early_decode(self._utt, ev)
                 elif ev.type == agents_vad.VADEventType.END_OF_SPEECH and self._utt is not None:
                     utt, self._utt = self._utt, None
                     utt.finalising = True
@@ -249,11 +286,6 @@ class SpeechStream(stt.RecognizeStream):
                 if isinstance(item, self._FlushSentinel):
                     continue
                 vad_stream.push_frame(item)
-                utt = self._utt
-                if utt is not None:
-                    chunk = frames_to_pcm(item)
-                    utt.chunks.append(chunk)
-                    utt.samples += chunk.size
             vad_stream.end_input()
             await vad_task
             if self._utt is not None:  # input ended mid-utterance
