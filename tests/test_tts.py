@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from plugins.kokoro import TTS, UnknownVoiceError
+from plugins.kokoro.tts import early_cut
 from worker.models import load_stt, load_tts
 from worker.settings import Settings
 
@@ -98,3 +99,21 @@ def test_unknown_voice_lists_the_valid_ones(module_settings: Settings) -> None:
     with pytest.raises(UnknownVoiceError, match="af_heart") as exc:
         load_tts(bad)
     assert "zz_nobody" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("written", "first_piece"),
+    [
+        ("Sure. We", "Sure."),
+        ("I'm sorry, I don't", "I'm sorry,"),
+        ("On Thursday we're open from 5 pm", "On Thursday we're open"),
+        ("You can book the table for", "You can book the table"),
+        ("We are open from", None),  # four words: the next one may still bring a mark
+        ("On Thursday", None),
+    ],
+)
+def test_the_first_piece_is_a_short_phrase(written: str, first_piece: str | None) -> None:
+    """The reply's first piece ends at an early clause mark or after about four words, never
+    on a word like "the" (it would sound broken off), and waits while too few are written."""
+    cut = early_cut(written + " ")
+    assert (written[:cut].strip() if cut else None) == first_piece

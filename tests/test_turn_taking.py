@@ -102,3 +102,36 @@ async def test_noise_burst_does_not_cut_the_reply(models: Models) -> None:
     assert it["resumed"], it
     greeting = _assistant(result)[0]
     assert greeting["text"] == LONG_GREETING and not greeting["interrupted"]
+
+
+async def test_the_prepared_greeting_plays_without_a_synthesis_call(
+    models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The greeting is synthesised once at load: a call plays that audio and opens no TTS
+    stream for it; a greeting that was not prepared is synthesised (the control)."""
+    scenario = tmp_path / "quiet.yaml"
+    scenario.write_text(
+        "name: quiet\nsteps:\n  - wait_for: agent_speech_start\n  - wait_for: agent_speech_end\n"
+    )
+    tts = models.session_tts
+    opened: list[int] = []
+    real_stream = tts.stream
+
+    def counting_stream(*args: object, **kwargs: object) -> object:
+        opened.append(1)
+        return real_stream(*args, **kwargs)
+
+    monkeypatch.setattr(tts, "stream", counting_stream)
+    assert models.phrases is not None and Settings().agent.greeting in models.phrases
+    replayed = models.phrases.replayed
+    models.settings.agent.greeting = Settings().agent.greeting
+    result = await run_scenario(models, load_scenario(scenario), "default")
+    assert _assistant(result)[0]["text"] == Settings().agent.greeting
+    assert models.phrases.replayed == replayed + 1
+    assert opened == [], "the prepared greeting was synthesised again"
+    assert result["time_to_greeting_ms"] is not None
+
+    models.settings.agent.greeting = "Good morning, this line is new."
+    result = await run_scenario(models, load_scenario(scenario), "default")
+    assert _assistant(result)[0]["text"] == "Good morning, this line is new."
+    assert opened, "control: a line not prepared goes through the TTS"

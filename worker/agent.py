@@ -38,6 +38,7 @@ from telephony.call import Call, DigitCollector
 
 from .booking import BookingDecision, check_booking
 from .facts import BusinessFacts
+from .phrases import Phrases
 from .prompt import build_instructions, example_turns, forced_tool, turn_note
 from .settings import AgentSettings
 from .turns import BackchannelPolicy, SpeculationTracker
@@ -73,6 +74,7 @@ class VoiceAgent(Agent):
         transfer_target: str | None = None,
         warm_transfer: bool = False,
         keypad: bool = False,
+        phrases: Phrases | None = None,
     ) -> None:
         tools = []
         if call is not None:
@@ -90,6 +92,7 @@ class VoiceAgent(Agent):
         self._examples = example_turns(settings, names)
         self._settings = settings
         self._call = call
+        self._phrases = phrases or Phrases(None)
         self._transfer_target = transfer_target
         self._collector: DigitCollector | None = None
         self._digits = ""
@@ -99,6 +102,10 @@ class VoiceAgent(Agent):
         self.llm_failures = 0
         self.on_backchannel: Callable[[str], None] | None = None
 
+    def _say(self, text: str, **kwargs: Any) -> SpeechHandle:
+        """Say a fixed line, from its prepared audio when there is some."""
+        return self._phrases.say(self.session, text, **kwargs)
+
     # -- call control the LLM (or code) can use ----------------------------------------------
 
     async def end_call(self) -> None:
@@ -106,7 +113,7 @@ class VoiceAgent(Agent):
         if self._call is None:
             return
         if self._settings.goodbye:
-            handle = self.session.say(self._settings.goodbye, allow_interruptions=False)
+            handle = self._say(self._settings.goodbye, allow_interruptions=False)
             await handle.wait_for_playout()
         logger.info("agent ends the call")
         await self._call.hangup("agent_hangup")
@@ -117,7 +124,7 @@ class VoiceAgent(Agent):
         if self._call is None or not target:
             return "No transfer destination is configured; tell the caller you cannot transfer."
         if self._settings.transfer_notice:
-            handle = self.session.say(self._settings.transfer_notice, allow_interruptions=False)
+            handle = self._say(self._settings.transfer_notice, allow_interruptions=False)
             await handle.wait_for_playout()
         try:
             await self._call.transfer(target)
@@ -131,7 +138,7 @@ class VoiceAgent(Agent):
         target = target or self._transfer_target
         if self._call is None or not target:
             return "No transfer destination is configured; tell the caller you cannot transfer."
-        handle = self.session.say(self._settings.transfer_notice, allow_interruptions=False)
+        handle = self._say(self._settings.transfer_notice, allow_interruptions=False)
         await handle.wait_for_playout()
 
         async def brief() -> None:
@@ -308,7 +315,7 @@ class VoiceAgent(Agent):
             return
         greeting = None
         if self._settings.greeting:
-            greeting = self.session.say(self._settings.greeting, allow_interruptions=True)
+            greeting = self._say(self._settings.greeting, allow_interruptions=True)
         self._warm = asyncio.create_task(self._warm_llm_cache(greeting))
 
     async def on_user_turn_completed(

@@ -26,6 +26,7 @@ from . import memory, records
 from .agent import VoiceAgent
 from .metrics import CallObserver
 from .models import Models
+from .phrases import Phrases
 from .recording import CallAudioRecorder
 from .session import Profile, TurnProfile, create_session
 from .turns import BackchannelPolicy, SpeculationTracker
@@ -154,6 +155,7 @@ async def run_call(
         ),
         warm_transfer=call.transport == "livekit-sip" and settings.livekit.warm_transfer,
         keypad=settings.agent.keypad_tool and call.transport in ("sip", "livekit-sip"),
+        phrases=models.phrases,
     )  # fmt: skip
     agent.on_backchannel = observer.backchannel_heard
     if on_agent is not None:
@@ -176,7 +178,7 @@ async def run_call(
             {ended, sess_closed, closing}, return_when=asyncio.FIRST_COMPLETED
         )
         if closing in done and not call.ended.is_set():
-            await _say_closing(session, call, settings.agent.closing)
+            await _say_closing(session, call, settings.agent.closing, models.phrases)
         for fut in (ended, sess_closed, closing):
             fut.cancel()
     finally:
@@ -198,13 +200,17 @@ async def run_call(
     return CallResult(record=record, observer=observer, speculation=speculation, chat=chat)
 
 
-async def _say_closing(session: AgentSession[Any], call: Call, text: str) -> None:
+async def _say_closing(
+    session: AgentSession[Any], call: Call, text: str, phrases: Phrases | None
+) -> None:
     """The worker is going away: tell the caller, then hang up (bounded, never blocks exit)."""
     logger.info("call %s: shutting down, saying the closing line", call.call_id)
     try:
         session.interrupt()
         if text:
-            handle = session.say(text, allow_interruptions=False, add_to_chat_ctx=True)
+            handle = (phrases or Phrases(None)).say(
+                session, text, allow_interruptions=False, add_to_chat_ctx=True
+            )
             await asyncio.wait_for(handle.wait_for_playout(), 20)
     except Exception as e:  # shutting down regardless
         logger.warning("call %s: closing line failed: %s", call.call_id, e)

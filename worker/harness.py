@@ -341,12 +341,17 @@ async def run_scenario(
             call.mark_ended("caller_hangup")
 
     script = asyncio.create_task(caller())
+    answered = time.time()  # the playout listeners' clock
     result = await run_call(models, call, profile="telephony", turn_profile=profile)
     await script  # re-raises a scenario error
     await call.close()
     rec = records.read_records(result.record.path)
     out = _analyse(scenario, profile, tl, rec, BackchannelPolicy(models.settings.turn.backchannels))
     out["call_id"] = call.call_id
+    # from the call being taken to the greeting's first sample going out
+    out["time_to_greeting_ms"] = (
+        round((tl.agent_starts[0] - answered) * 1000, 1) if tl.agent_starts else None
+    )
     out["speculation"] = result.speculation.settle().as_dict()
     out["cut_after_pause_ms"] = [
         round((c - p) * 1000, 1) for p, c in zip(tl.pauses, tl.clears, strict=False) if c >= p

@@ -25,6 +25,7 @@ from plugins.vllm import LLM as OpenAICompatLLM
 from plugins.vllm import LLMOptions, first_served_model
 
 from . import assets
+from .phrases import Phrases, fixed_lines
 from .settings import Settings
 
 logger = logging.getLogger("worker.models")
@@ -50,6 +51,8 @@ class Models:
     embedded_llm: EmbeddedLLMServer | None = None
     router: Any = None
     """``infra.router.Router`` when ``router.redis_url`` is set: LLM backends by voice."""
+    phrases: Phrases | None = None
+    """The fixed lines (greeting, goodbye, ...) in the sessions' voice, made at load."""
     load_seconds: dict[str, float] = field(default_factory=dict)
     described: dict[str, str] = field(default_factory=dict)
     _stock_vad: agents_vad.VAD | None = None
@@ -274,6 +277,12 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
                 models.session_tts = _with_fallback("tts", [models.tts, second], models)
             on = f" on {settings.tts.server_url}" if settings.tts.server_url else ""
             timed("tts", t, f"kokoro voice {settings.tts.voice}{on}")
+            if settings.tts.cache_phrases and not settings.router.redis_url:
+                # (with a router, Orpheus voices live on the session's node: nothing to share)
+                t = time.perf_counter()
+                models.phrases = Phrases(models.session_tts)
+                await models.phrases.prepare(fixed_lines(settings.agent))
+                logger.info("prepared the fixed lines in %.2fs", time.perf_counter() - t)
         if "llm" in wanted:
             models.router = make_router(settings)
         if "llm" in wanted:

@@ -187,6 +187,11 @@ class TTSSettings(BaseModel):
     engine: Literal["kokoro", "orpheus"] = Field(
         "kokoro", description="`kokoro` (in process or a Kokoro server) or `orpheus` (vLLM)."
     )
+    cache_phrases: bool = Field(
+        True,
+        description="Synthesise the fixed lines (greeting, goodbye, transfer notice, closing) "
+        "once at load and replay them, so a call's greeting starts at once.",
+    )
     orpheus_url: str | None = Field(
         None, description="Orpheus's OpenAI-compatible base URL; or set `router.redis_url`."
     )
