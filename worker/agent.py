@@ -397,11 +397,20 @@ class VoiceAgent(Agent):
         """The default STT node, minus backchannels heard over an active reply."""
         events: Any = Agent.default.stt_node(self, audio, model_settings)
         async for ev in events:
+            if self._speculation is not None and isinstance(ev, stt.SpeechEvent):
+                if ev.type == stt.SpeechEventType.PREFLIGHT_TRANSCRIPT and ev.alternatives:
+                    self._speculation.preflight = ev.alternatives[0].text
+                elif ev.type == stt.SpeechEventType.START_OF_SPEECH:
+                    self._speculation.preflight = None
             if (
                 self._backchannels is not None
                 and isinstance(ev, stt.SpeechEvent)
                 and ev.type
-                in (stt.SpeechEventType.INTERIM_TRANSCRIPT, stt.SpeechEventType.FINAL_TRANSCRIPT)
+                in (
+                    stt.SpeechEventType.INTERIM_TRANSCRIPT,
+                    stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
+                    stt.SpeechEventType.FINAL_TRANSCRIPT,
+                )
                 and ev.alternatives
                 and self._reply_active()
                 and self._backchannels.is_backchannel(ev.alternatives[0].text)

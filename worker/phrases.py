@@ -17,8 +17,8 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import AgentSession
-from livekit.agents.voice import SpeechHandle
 from livekit.agents.types import NOT_GIVEN
+from livekit.agents.voice import SpeechHandle
 
 from .settings import AgentSettings
 

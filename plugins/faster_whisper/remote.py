@@ -31,6 +31,7 @@ from .stt import SAMPLE_RATE
 _EVENTS = {
     "start_of_speech": stt.SpeechEventType.START_OF_SPEECH,
     "interim": stt.SpeechEventType.INTERIM_TRANSCRIPT,
+    "preflight": stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
     "final": stt.SpeechEventType.FINAL_TRANSCRIPT,
     "end_of_speech": stt.SpeechEventType.END_OF_SPEECH,
 }

@@ -36,6 +36,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 _KINDS = {
     agents_stt.SpeechEventType.START_OF_SPEECH: "start_of_speech",
     agents_stt.SpeechEventType.INTERIM_TRANSCRIPT: "interim",
+    agents_stt.SpeechEventType.PREFLIGHT_TRANSCRIPT: "preflight",
     agents_stt.SpeechEventType.FINAL_TRANSCRIPT: "final",
     agents_stt.SpeechEventType.END_OF_SPEECH: "end_of_speech",
 }

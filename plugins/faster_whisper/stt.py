@@ -6,7 +6,10 @@ interim transcripts (at most one decode in flight per stream), and the finished 
 decoded once more for the final transcript. That last decode starts at the first moment of
 silence (``early_final`` seconds into it), not when the VAD closes the utterance: if the
 caller stays silent it is the final, ready ~``min_silence`` sooner; if they go on, it is
-dropped. Input at any rate is resampled once to 16 kHz;
+dropped. Its words go out at once as a *preflight* transcript: with an end-of-turn model,
+livekit-agents starts a speculative reply on preflight transcripts only (a final transcript
+starts one only in VAD mode), so without them nothing was speculated after the first turn.
+Input at any rate is resampled once to 16 kHz;
 decoding runs on a thread pool shared by all calls, never on the event loop.
 """
 
@@ -91,6 +94,7 @@ class _Utterance:
     finalising: bool = False
     early: asyncio.Task[str] | None = None
     """The decode started at the first silence; dropped when the caller goes on."""
+    preflighted: bool = False
 
 
 class STT(stt.STT):
@@ -213,6 +217,8 @@ class SpeechStream(stt.RecognizeStream):
                     text = await self._whisper.transcribe_async(pcm, self._language)
                 logger.debug("final in %.0f ms: %r", (time.perf_counter() - started) * 1e3, text)
                 if text:
+                    if not utt.preflighted:  # the speculative reply starts on a preflight
+                        self._emit(stt.SpeechEventType.PREFLIGHT_TRANSCRIPT, utt.id, text)
                     self._emit(stt.SpeechEventType.FINAL_TRANSCRIPT, utt.id, text)
                 self._event_ch.send_nowait(
                     stt.SpeechEvent(
@@ -238,6 +244,17 @@ class SpeechStream(stt.RecognizeStream):
                 utt.decoded_samples = utt.samples  # no interim for the same audio
                 pcm = np.concatenate(utt.chunks)
                 utt.early = asyncio.create_task(self._whisper.transcribe_async(pcm, self._language))
+                early = utt.early
+
+                def preflight(t: asyncio.Task[str]) -> None:
+                    # still the caller's last words: no speech since, the final not yet out
+                    if t.cancelled() or t.exception() is not None or not t.result():
+                        return
+                    if utt.early is early and not utt.finalising and self._utt is utt:
+                        utt.preflighted = True
+                        self._emit(stt.SpeechEventType.PREFLIGHT_TRANSCRIPT, utt.id, t.result())
+
+                utt.early.add_done_callback(preflight)
                 tasks.add(utt.early)
                 utt.early.add_done_callback(tasks.discard)
                 # a dropped decode's error is nobody's: read it so it is not reported unread

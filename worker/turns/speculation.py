@@ -52,6 +52,10 @@ class SpeculationTracker:
 
     cancel_on_speech_start: bool = True
     stats: SpeculationStats = field(default_factory=SpeculationStats)
+    preflight: str | None = None
+    """The STT's latest preflight transcript, set by the agent's STT node: words the STT saw
+    silence after, with no speech since. The session's VAD may still say "speaking" then
+    (it waits longer for silence): that is lag, not the caller going on."""
     _work: dict[str, _Work] = field(default_factory=dict)
     _session: AgentSession[Any] | None = None
     _activity: Any = None
@@ -72,10 +76,12 @@ class SpeculationTracker:
 
         def on_preemptive_generation(info: Any) -> None:
             session = self._session
+            fresh = self.preflight is not None and info.new_transcript.endswith(self.preflight)
             if (
                 self.cancel_on_speech_start
                 and session is not None
                 and session.user_state == "speaking"
+                and not fresh
             ):
                 # a final transcript of the words before a pause arrives after the caller has
                 # resumed: this is not the snooze window, and the reply would be stale
