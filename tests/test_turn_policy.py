@@ -60,3 +60,23 @@ def test_bad_scenarios_are_clear_errors(tmp_path: Path, body: str, error: str) -
     f.write_text(body)
     with pytest.raises(ScenarioError, match=error):
         load_scenario(f)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds", "confidence", "resumes"),
+    [
+        ("And then them.", 0.8, 0.35, True),  # a misheard "mm-hmm": short, unsure, no cue
+        ("M", 0.6, 0.2, True),
+        ("And then them.", 2.0, 0.35, False),  # too long for a backchannel
+        ("Wait.", 0.7, 0.3, False),  # a cue word always cuts
+        ("No.", 0.5, 0.4, False),
+        ("Saturday.", 0.8, 0.95, False),  # short but clearly said: the words decide
+        ("And then them.", None, None, False),  # no audio signals (another STT): words only
+        ("uh-huh", None, None, True),
+    ],
+)
+def test_a_short_unsure_sound_resumes_however_it_was_spelt(
+    text: str, seconds: float | None, confidence: float | None, resumes: bool
+) -> None:
+    policy = BackchannelPolicy(max_seconds=1.0, max_confidence=0.6)
+    assert policy.is_backchannel(text, seconds=seconds, confidence=confidence) is resumes

@@ -413,7 +413,12 @@ class VoiceAgent(Agent):
                 )
                 and ev.alternatives
                 and self._reply_active()
-                and self._backchannels.is_backchannel(ev.alternatives[0].text)
+                and self._backchannels.is_backchannel(
+                    ev.alternatives[0].text,
+                    # our STT gives the seconds of audio the words came from, and its confidence
+                    seconds=ev.alternatives[0].end_time - ev.alternatives[0].start_time or None,
+                    confidence=ev.alternatives[0].confidence,
+                )
             ):
                 if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
                     logger.debug("backchannel over the reply: %r", ev.alternatives[0].text)

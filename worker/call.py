@@ -145,7 +145,10 @@ async def run_call(
     session.on("close", on_close)
     agent = VoiceAgent(
         settings.agent,
-        backchannels=BackchannelPolicy(settings.turn.backchannels) if ours else None,
+        backchannels=BackchannelPolicy(
+            settings.turn.backchannels, max_seconds=settings.turn.backchannel_max_seconds,
+            max_confidence=settings.turn.backchannel_max_confidence,
+        ) if ours else None,
         speculation=speculation,
         call=call,
         transfer_target=(

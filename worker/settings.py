@@ -331,6 +331,22 @@ class TurnSettings(BaseModel):
         default_factory=lambda: list(DEFAULT_BACKCHANNELS),
         description="Phrases that, said over the agent, resume playout instead of interrupting.",
     )
+    backchannel_max_seconds: float = Field(
+        0.7,
+        ge=0.0,
+        description="A sound over the agent at most this long (s, VAD padding included), with "
+        'at most three words and no cue like "wait" or "no", that Whisper was unsure of, '
+        "resumes playout however it was spelt; 0 trusts the words alone.",
+    )
+    backchannel_max_confidence: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.01,
+        description="Whisper's confidence below which such a short sound counts as a "
+        "backchannel (above it, its words decide). Both limits were chosen on the tuning "
+        "voices of `benchmarks/backchannel_signals.py` as the loosest that still cut every "
+        "real interruption there.",
+    )
 
 
 class TwilioSettings(BaseModel):

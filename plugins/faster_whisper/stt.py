@@ -41,6 +41,9 @@ from .log import logger
 from .models import WhisperOptions, load_model
 
 SAMPLE_RATE = 16000
+SPOKEN_TAIL_S = 0.1
+"""A transcript's ``end_time`` is the VAD's padding and speech plus this much silence, the
+moment the early final starts: the same measure the barge-in limits were tuned on."""
 
 _executor: ThreadPoolExecutor | None = None
 
@@ -85,6 +88,13 @@ def to_16k(frames: list[rtc.AudioFrame]) -> list[rtc.AudioFrame]:
     return out
 
 
+@dataclass(frozen=True)
+class Heard:
+    text: str
+    confidence: float
+    """exp(mean token log-probability): Whisper's own sureness of the words."""
+
+
 @dataclass
 class _Utterance:
     id: str
@@ -92,9 +102,11 @@ class _Utterance:
     samples: int = 0
     decoded_samples: int = 0
     finalising: bool = False
-    early: asyncio.Task[str] | None = None
+    early: asyncio.Task[Heard] | None = None
     """The decode started at the first silence; dropped when the caller goes on."""
     preflighted: bool = False
+    voiced_samples: int = 0
+    """Samples up to the end of the last window the VAD heard speech in."""
 
 
 class STT(stt.STT):
@@ -153,10 +165,16 @@ class STT(stt.STT):
     """When set (the shared STT server), decodes go through it in cross-stream batches."""
 
     async def transcribe_async(self, pcm: np.ndarray, language: str | None = None) -> str:
+        return (await self.hear_async(pcm, language)).text
+
+    async def hear_async(self, pcm: np.ndarray, language: str | None = None) -> Heard:
+        """The words and the model's confidence in them (1.0 through the batcher, which
+        keeps only the words), decoded off the event loop."""
         if self.batcher is not None and (language or self._opts.language) == self.batcher.language:
-            return await self.batcher.transcribe(pcm)
+            return Heard(await self.batcher.transcribe(pcm), 1.0)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.transcribe_pcm, pcm, language)
+        d = await loop.run_in_executor(self._pool, self.decode_pcm, pcm, language)
+        return Heard(heard(d), d.confidence if d is not None else 0.0)
 
     async def _recognize_impl(
         self,
@@ -195,13 +213,22 @@ class SpeechStream(stt.RecognizeStream):
         self._utt: _Utterance | None = None
         self._final_lock = asyncio.Lock()
 
-    def _emit(self, kind: stt.SpeechEventType, utt_id: str, text: str = "") -> None:
+    def _emit(self, kind: stt.SpeechEventType, utt: _Utterance, words: Heard | None = None) -> None:
+        """An event of ``utt``; transcripts carry Whisper's confidence and, as ``end_time``,
+        the seconds of audio the words came from (VAD padding included), which the agent's
+        barge-in policy weighs with the words."""
         alts = (
-            [stt.SpeechData(language=LanguageCode(self._language), text=text, confidence=1.0)]
-            if text
+            [
+                stt.SpeechData(
+                    language=LanguageCode(self._language), text=words.text,
+                    confidence=words.confidence, start_time=0.0,
+                    end_time=utt.voiced_samples / SAMPLE_RATE + SPOKEN_TAIL_S,
+                )
+            ]
+            if words is not None and words.text
             else []
-        )
-        self._event_ch.send_nowait(stt.SpeechEvent(type=kind, request_id=utt_id, alternatives=alts))
+        )  # fmt: skip
+        self._event_ch.send_nowait(stt.SpeechEvent(type=kind, request_id=utt.id, alternatives=alts))
 
     async def _run(self) -> None:
         vad_stream = self._whisper._vad.stream()
@@ -212,14 +239,16 @@ class SpeechStream(stt.RecognizeStream):
                 started = time.perf_counter()
                 if utt.early is not None:
                     self._whisper.early_finals += 1
-                    text = await utt.early
+                    words = await utt.early
                 else:
-                    text = await self._whisper.transcribe_async(pcm, self._language)
-                logger.debug("final in %.0f ms: %r", (time.perf_counter() - started) * 1e3, text)
-                if text:
+                    words = await self._whisper.hear_async(pcm, self._language)
+                logger.debug(
+                    "final in %.0f ms: %r", (time.perf_counter() - started) * 1e3, words.text
+                )
+                if words.text:
                     if not utt.preflighted:  # the speculative reply starts on a preflight
-                        self._emit(stt.SpeechEventType.PREFLIGHT_TRANSCRIPT, utt.id, text)
-                    self._emit(stt.SpeechEventType.FINAL_TRANSCRIPT, utt.id, text)
+                        self._emit(stt.SpeechEventType.PREFLIGHT_TRANSCRIPT, utt, words)
+                    self._emit(stt.SpeechEventType.FINAL_TRANSCRIPT, utt, words)
                 self._event_ch.send_nowait(
                     stt.SpeechEvent(
                         type=stt.SpeechEventType.RECOGNITION_USAGE,
@@ -229,7 +258,7 @@ class SpeechStream(stt.RecognizeStream):
                         ),
                     )
                 )
-                self._emit(stt.SpeechEventType.END_OF_SPEECH, utt.id)
+                self._emit(stt.SpeechEventType.END_OF_SPEECH, utt)
 
         def early_decode(utt: _Utterance, ev: agents_vad.VADEvent) -> None:
             early_at = self._whisper._early_final
@@ -243,16 +272,16 @@ class SpeechStream(stt.RecognizeStream):
             if utt.early is None:
                 utt.decoded_samples = utt.samples  # no interim for the same audio
                 pcm = np.concatenate(utt.chunks)
-                utt.early = asyncio.create_task(self._whisper.transcribe_async(pcm, self._language))
+                utt.early = asyncio.create_task(self._whisper.hear_async(pcm, self._language))
                 early = utt.early
 
-                def preflight(t: asyncio.Task[str]) -> None:
+                def preflight(t: asyncio.Task[Heard]) -> None:
                     # still the caller's last words: no speech since, the final not yet out
-                    if t.cancelled() or t.exception() is not None or not t.result():
+                    if t.cancelled() or t.exception() is not None or not t.result().text:
                         return
                     if utt.early is early and not utt.finalising and self._utt is utt:
                         utt.preflighted = True
-                        self._emit(stt.SpeechEventType.PREFLIGHT_TRANSCRIPT, utt.id, t.result())
+                        self._emit(stt.SpeechEventType.PREFLIGHT_TRANSCRIPT, utt, t.result())
 
                 utt.early.add_done_callback(preflight)
                 tasks.add(utt.early)
@@ -267,13 +296,15 @@ class SpeechStream(stt.RecognizeStream):
                     self._utt = _Utterance(
                         id=uuid.uuid4().hex[:12], chunks=[head], samples=head.size
                     )
-                    self._emit(stt.SpeechEventType.START_OF_SPEECH, self._utt.id)
+                    self._emit(stt.SpeechEventType.START_OF_SPEECH, self._utt)
                 elif ev.type == agents_vad.VADEventType.INFERENCE_DONE and self._utt is not None:
                     # the utterance is built from the windows the VAD judged, so it has no
                     # gap however far the VAD lags behind the input
                     chunk = frames_to_pcm(ev.frames)
                     self._utt.chunks.append(chunk)
                     self._utt.samples += chunk.size
+                    if ev.raw_accumulated_silence == 0.0:
+                        self._utt.voiced_samples = self._utt.samples
                     early_decode(self._utt, ev)
                 elif ev.type == agents_vad.VADEventType.END_OF_SPEECH and self._utt is not None:
                     utt, self._utt = self._utt, None
@@ -292,9 +323,9 @@ class SpeechStream(stt.RecognizeStream):
                     continue
                 utt.decoded_samples = utt.samples
                 pcm = np.concatenate(utt.chunks)[-30 * SAMPLE_RATE :]
-                text = await self._whisper.transcribe_async(pcm, self._language)
-                if text and not utt.finalising and self._utt is utt:
-                    self._emit(stt.SpeechEventType.INTERIM_TRANSCRIPT, utt.id, text)
+                words = await self._whisper.hear_async(pcm, self._language)
+                if words.text and not utt.finalising and self._utt is utt:
+                    self._emit(stt.SpeechEventType.INTERIM_TRANSCRIPT, utt, words)
 
         vad_task = asyncio.create_task(on_vad())
         interim_task = asyncio.create_task(interims())
