@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -162,7 +163,11 @@ async def test_phone_call_over_media_streams(settings: Settings, espeak) -> None
     keys = [u for u in users if u["text"].startswith("[The caller pressed")]
     assert [u["text"] for u in keys] == ["[The caller pressed 5 on the keypad]"]
     spoken = [u for u in users if u not in keys]
-    assert spoken and "table" in spoken[0]["text"].lower()
+    # the caller's words came through the mu-law stream: tiny.en at 8 kHz spells some of them
+    # differently run to run ("book a table" heard as "will cafe will"); the corpus benchmark
+    # measures that, this test the transport, so two of the plain words are enough
+    heard_words = set(re.findall(r"[a-z0-9]+", spoken[0]["text"].lower())) if spoken else set()
+    assert len(heard_words & {"table", "four", "4", "people", "tonight"}) >= 2, spoken
     agents = [r for r in recs if r.get("role") == "agent"]
     assert len(agents) >= 2, recs
     assert recs[-1]["type"] == "call_end"
