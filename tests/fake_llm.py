@@ -17,7 +17,8 @@ from plugins.llama_cpp.server import free_port
 async def tool_calling_llm(
     requests: list[dict[str, Any]], rules: dict[str, str]
 ) -> tuple[web.AppRunner, str]:
-    """Serve on 127.0.0.1; ``rules`` maps a substring of the last user message to the tool
+    """Serve on 127.0.0.1; ``rules`` maps a lower-case substring of the last user message
+    (matched without regard to case) to the tool
     to call ("" matches anything), optionally followed by its JSON arguments after a space
     (``'press_keys {"keys": "1#"}'``). Other requests get a one-word text reply."""
 
@@ -29,7 +30,8 @@ async def tool_calling_llm(
         names = {t["function"]["name"] for t in body.get("tools", [])}
         last = body["messages"][-1]
         text = str(last.get("content") or "") if last["role"] == "user" else None
-        calls = [rule.partition(" ") for k, rule in rules.items() if text is not None and k in text]
+        said = text.lower() if text is not None else None  # our STT capitalises at will
+        calls = [rule.partition(" ") for k, rule in rules.items() if said is not None and k in said]
         tool, _, args = next((c for c in calls if c[0] in names), ("", "", ""))
         if tool:
             call = {"index": 0, "id": "call_1", "type": "function",
