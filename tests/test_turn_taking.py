@@ -67,6 +67,21 @@ async def test_mid_turn_pause_neither_cuts_off_the_caller_nor_keeps_a_stale_repl
     assert spec["used"] <= 1
 
 
+async def test_a_pause_after_a_dangling_word_is_held_by_the_words(models: Models) -> None:
+    """A 0.7 s pause right after "for" (longer than the 0.4 s minimum delay): the text veto
+    holds the turn, whatever v1-mini heard, so one reply answers the whole sentence."""
+    result = await _run(models, "dangling-word-pause")
+    assert result["summary"]["cut_offs"] == 0, result
+    chat = [m for m in result["chat"] if m["role"] in ("user", "assistant")]
+    users = [i for i, m in enumerate(chat) if m["role"] == "user"]
+    assert users, chat
+    assert all(m["role"] == "user" for m in chat[users[0] : users[-1] + 1]), chat
+    heard = " ".join(chat[i]["text"] for i in users).lower()
+    assert "table" in heard and "friday" in heard, heard
+    # the words did the holding: the veto was consulted on the paused half and said wait
+    assert result["turns_held_by_words"] >= 1, result["turns_held_by_words"]
+
+
 async def test_backchannel_resumes_playout_and_history_keeps_the_full_reply(models: Models) -> None:
     result = await _run(models, "backchannel", LONG_GREETING)
     (it,) = result["interruptions"]

@@ -42,8 +42,15 @@ from .phrases import Phrases
 from .prompt import build_instructions, example_turns, forced_tool, turn_note
 from .settings import AgentSettings
 from .turns import BackchannelPolicy, SpeculationTracker
+from .turns.detector import TextVetoTurnDetector
 
 logger = logging.getLogger("worker.agent")
+
+_TRANSCRIPTS = (
+    stt.SpeechEventType.INTERIM_TRANSCRIPT,
+    stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
+    stt.SpeechEventType.FINAL_TRANSCRIPT,
+)
 
 _WARM_UP_CONN = APIConnectOptions(max_retry=0, timeout=30.0)
 """The cache warm-up is only an optimisation: one try, never retried over a dead server."""
@@ -70,6 +77,7 @@ class VoiceAgent(Agent):
         *,
         backchannels: BackchannelPolicy | None = None,
         speculation: SpeculationTracker | None = None,
+        turn_veto: TextVetoTurnDetector | None = None,
         call: Call | None = None,
         transfer_target: str | None = None,
         warm_transfer: bool = False,
@@ -99,6 +107,7 @@ class VoiceAgent(Agent):
         self._digit_timer: asyncio.TimerHandle | None = None
         self._backchannels = backchannels
         self._speculation = speculation
+        self._turn_veto = turn_veto
         self.llm_failures = 0
         self.on_backchannel: Callable[[str], None] | None = None
 
@@ -397,6 +406,12 @@ class VoiceAgent(Agent):
         """The default STT node, minus backchannels heard over an active reply."""
         events: Any = Agent.default.stt_node(self, audio, model_settings)
         async for ev in events:
+            if self._turn_veto is not None and isinstance(ev, stt.SpeechEvent):
+                # the end-of-turn decision reads the newest words (the preflight comes first)
+                if ev.type == stt.SpeechEventType.START_OF_SPEECH:
+                    self._turn_veto.note("")
+                elif ev.type in _TRANSCRIPTS and ev.alternatives:
+                    self._turn_veto.note(ev.alternatives[0].text)
             if self._speculation is not None and isinstance(ev, stt.SpeechEvent):
                 if ev.type == stt.SpeechEventType.PREFLIGHT_TRANSCRIPT and ev.alternatives:
                     self._speculation.preflight = ev.alternatives[0].text

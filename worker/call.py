@@ -28,8 +28,9 @@ from .metrics import CallObserver
 from .models import Models
 from .phrases import Phrases
 from .recording import CallAudioRecorder
-from .session import Profile, TurnProfile, create_session
+from .session import Profile, TurnProfile, create_session, text_veto_detector
 from .turns import BackchannelPolicy, SpeculationTracker
+from .turns.detector import TextVetoTurnDetector
 
 logger = logging.getLogger("worker.call")
 
@@ -78,6 +79,7 @@ class CallResult:
     observer: CallObserver
     speculation: SpeculationTracker
     chat: list[llm.ChatMessage]
+    turn_veto: TextVetoTurnDetector | None = None
 
 
 async def run_call(
@@ -117,7 +119,10 @@ async def run_call(
         )
         call.audio_input.taps.append(recorder.caller_frame)
         call.audio_output.taps.append(recorder.agent_samples)
-    session = create_session(models, profile, turn_profile, session_id=call.call_id)
+    veto = text_veto_detector(models, turn_profile)
+    session = create_session(
+        models, profile, turn_profile, session_id=call.call_id, turn_detector=veto
+    )
     sync: TranscriptSynchronizer | None = None
     if room is None:
         session.input.audio = call.audio_input
@@ -150,6 +155,7 @@ async def run_call(
             max_confidence=settings.turn.backchannel_max_confidence,
         ) if ours else None,
         speculation=speculation,
+        turn_veto=veto,
         call=call,
         transfer_target=(
             settings.sip.transfer_target if call.transport == "sip"
@@ -200,7 +206,9 @@ async def run_call(
             logger.info("call %s ended (%s)", call.call_id, call.end_reason)
     await asyncio.to_thread(memory.release)
     chat = [m for m in session.history.items if isinstance(m, llm.ChatMessage)]
-    return CallResult(record=record, observer=observer, speculation=speculation, chat=chat)
+    return CallResult(
+        record=record, observer=observer, speculation=speculation, chat=chat, turn_veto=veto
+    )
 
 
 async def _say_closing(

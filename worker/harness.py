@@ -353,6 +353,7 @@ async def run_scenario(
         round((tl.agent_starts[0] - answered) * 1000, 1) if tl.agent_starts else None
     )
     out["speculation"] = result.speculation.settle().as_dict()
+    out["turns_held_by_words"] = result.turn_veto.held if result.turn_veto is not None else None
     out["cut_after_pause_ms"] = [
         round((c - p) * 1000, 1) for p, c in zip(tl.pauses, tl.clears, strict=False) if c >= p
     ]

@@ -18,6 +18,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.turn import TurnHandlingOptions
 
 from .models import Models
+from .turns.detector import TextVetoTurnDetector
 
 Profile = Literal["web", "telephony"]
 TurnProfile = Literal["default", "livekit-defaults"]
@@ -26,10 +27,23 @@ ECHO_WARMUP_S: dict[Profile, float | None] = {"web": 1.0, "telephony": None}
 STOCK_ECHO_WARMUP_S = 3.0
 
 
-def turn_handling(models: Models, turn_profile: TurnProfile) -> TurnHandlingOptions:
-    """Turn handling for a profile; see the module docstring."""
+def text_veto_detector(models: Models, turn_profile: TurnProfile) -> TextVetoTurnDetector | None:
+    """A per-call end-of-turn detector the transcript can hold back (``turn.text_veto``), for
+    our turn profile when the end-of-turn model is loaded; None otherwise."""
     t = models.settings.turn
-    detector: Any = models.turn_detector if models.turn_detector is not None else "vad"
+    if turn_profile != "default" or models.turn_detector is None or not t.text_veto:
+        return None
+    return TextVetoTurnDetector(version="v1-mini")  # the weights are the process's one copy
+
+
+def turn_handling(
+    models: Models, turn_profile: TurnProfile, detector: Any = None
+) -> TurnHandlingOptions:
+    """Turn handling for a profile; see the module docstring. ``detector`` replaces the shared
+    end-of-turn model (see :func:`text_veto_detector`)."""
+    t = models.settings.turn
+    if detector is None:
+        detector = models.turn_detector if models.turn_detector is not None else "vad"
     if turn_profile == "livekit-defaults":
         # the framework's defaults, except that both detectors are pinned to the local ones
         return TurnHandlingOptions(turn_detection=detector, interruption={"mode": "vad"})
@@ -61,9 +75,11 @@ def create_session(
     profile: Profile = "web",
     turn_profile: TurnProfile | None = None,
     session_id: str | None = None,
+    turn_detector: Any = None,
 ) -> AgentSession[Any]:
     """A new session wired to the shared models. With a router configured, the session's
-    LLM requests go to the GPU node the router pins ``session_id`` to."""
+    LLM requests go to the GPU node the router pins ``session_id`` to; ``turn_detector``
+    overrides the shared end-of-turn model for this session."""
     s = models.settings
     if models.stt is None or models.llm is None or models.tts is None or models.vad is None:
         raise ValueError("a session needs the VAD, STT, LLM and TTS loaded")
@@ -91,7 +107,7 @@ def create_session(
         vad=models.stock_vad() if turn_profile == "livekit-defaults" else models.vad,
         llm=llm,
         tts=tts,
-        turn_handling=turn_handling(models, turn_profile),
+        turn_handling=turn_handling(models, turn_profile, turn_detector),
         aec_warmup_duration=warmup,
         user_away_timeout=None,
         conn_options=SessionConnectOptions(
