@@ -101,6 +101,16 @@ def test_unknown_voice_lists_the_valid_ones(module_settings: Settings) -> None:
     assert "zz_nobody" in str(exc.value)
 
 
+def test_the_thread_setting_reaches_the_onnx_session(module_settings: Settings) -> None:
+    """`tts.threads` sizes Kokoro's own session (the thread budget), and it still speaks."""
+    one = module_settings.model_copy(deep=True)
+    one.tts.threads = 1
+    tts = load_tts(one)
+    options = tts._kokoro.sess.get_session_options()  # the ONNX session inside kokoro-onnx
+    assert options.intra_op_num_threads == 1
+    assert tts.synthesize_pcm("One thread.").size > 24000 // 4
+
+
 @pytest.mark.parametrize(
     ("written", "first_piece"),
     [

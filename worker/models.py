@@ -172,7 +172,12 @@ def load_tts(settings: Settings) -> Any:
     voices = assets.resolve(s.voices, settings.models_dir)
     return KokoroTTS(
         opts=KokoroOptions(
-            model_path=model, voices_path=voices, voice=s.voice, speed=s.speed, lang=s.lang
+            model_path=model,
+            voices_path=voices,
+            voice=s.voice,
+            speed=s.speed,
+            lang=s.lang,
+            threads=s.threads,
         )
     )
 

@@ -21,20 +21,31 @@ class KokoroOptions:
     voice: str = "af_heart"
     speed: float = 1.0
     lang: str = "en-us"
+    threads: int = 0
+    """onnxruntime intra-op threads; 0 is its default, one per core."""
 
 
 _lock = threading.Lock()
-_models: dict[tuple[str, str], Kokoro] = {}
+_models: dict[tuple[str, str, int], Kokoro] = {}
 
 
-def load_kokoro(model_path: str, voices_path: str) -> Kokoro:
-    """Load (once) the model and voice table."""
-    key = (model_path, voices_path)
+def load_kokoro(model_path: str, voices_path: str, threads: int = 0) -> Kokoro:
+    """Load (once) the model and voice table, on ``threads`` threads (0: one per core)."""
+    key = (model_path, voices_path, threads)
     with _lock:
         model = _models.get(key)
         if model is None:
-            logger.info("loading kokoro model %s", model_path)
-            model = Kokoro(model_path, voices_path)
+            logger.info("loading kokoro model %s (%s threads)", model_path, threads or "auto")
+            if threads:
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+                session = ort.InferenceSession(
+                    model_path, sess_options=opts, providers=["CPUExecutionProvider"]
+                )
+                model = Kokoro.from_session(session, voices_path)
+            else:
+                model = Kokoro(model_path, voices_path)
             model.sess = _ShrinkingSession(model.sess)
             _models[key] = model
         return model

@@ -110,7 +110,7 @@ class TTS(tts.TTS):
             num_channels=1,
         )
         self._opts = opts
-        self._kokoro = load_kokoro(opts.model_path, opts.voices_path)
+        self._kokoro = load_kokoro(opts.model_path, opts.voices_path, opts.threads)
         voices = self.voices
         if opts.voice not in voices:
             raise UnknownVoiceError(
