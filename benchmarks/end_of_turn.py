@@ -16,11 +16,12 @@ Every line gets 0.2 s of near-silence after it: livekit-agents asks its end-of-t
 threshold 0.5), the text rule of ``worker/turns/completeness.py`` on our STT's transcript, and
 each audio model with the text rule (held when either says "unfinished").
 
-A turn judged finished is committed ``min_delay`` after the caller's last word, one judged
-unfinished ``max_delay`` after it. So on a complete line the cost of a miss is the extra
-wait; on a cut or hesitation line a "finished" verdict answers into any pause longer than
-``min_delay``, and any pause longer than ``max_delay`` is answered whatever the verdict. The
-delay table is chosen on the tuning voices, reported on the held-back voices.
+A turn judged finished is committed ``min_delay`` after the caller's last word, one the audio
+model judges unfinished ``max_delay`` after it, one the words hold ``turn.text_hold_delay``
+(1.5 s) after it. So on a complete line the cost of a miss is the extra wait; on a cut or
+hesitation line the agent answers into the pause when the pause plus the VAD's lag in
+noticing the caller go on (``ONSET_S``, 0.3 s) reaches the delay chosen. The delay table is
+chosen on the tuning voices, reported on the held-back voices.
 
     python benchmarks/end_of_turn.py [--lines 4] [--rescore]
 """
@@ -48,7 +49,7 @@ from callers import Band, Corpus, split_of  # noqa: E402
 
 from worker import assets  # noqa: E402
 from worker.models import load_stt  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
+from worker.settings import TurnSettings, load_settings  # noqa: E402
 from worker.turns.completeness import sounds_unfinished  # noqa: E402
 
 RATE = 16000
@@ -56,8 +57,14 @@ SILENCE_S = 0.2  # livekit-agents' MIN_SILENCE_DURATION_MS before its EOT predic
 V1_THRESHOLD = 0.36  # livekit-agents' local English threshold for v1-mini
 SMART_THRESHOLD = 0.5
 PAUSES = [0.4, 0.5, 0.6, 0.7, 0.8, 1.0]  # mid-sentence and thinking pauses (s)
-MIN_DELAYS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-MAX_DELAYS = [0.8, 1.0, 1.2]
+MIN_DELAYS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]  # the prediction itself comes at 0.2 s
+MAX_DELAYS = [0.8, 1.0, 1.2, 1.5]
+_TURN = TurnSettings()
+DEFAULT_DELAYS = (_TURN.min_endpointing_delay, _TURN.max_endpointing_delay)
+TEXT_HOLD = _TURN.text_hold_delay
+ONSET_S = 0.3
+"""How long the session's VAD takes to report a caller going on after a pause: in the harness
+a caller resuming 0.7 s into a pause was not noticed before a 1.0 s commit."""
 
 COMPLETE = [
     "What time do you open on Sunday?", "I'd like to book a table for four people.",
@@ -215,46 +222,57 @@ def _collect(lines: int, only: int) -> list[dict[str, Any]]:
     return rows
 
 
-Verdict = Callable[[dict[str, Any]], bool]
-"""True when a signal judges the turn finished."""
+Verdict = Callable[[dict[str, Any]], str]
+"""How a signal decides a line: "fast" (finished: ``min_delay``), "hold" (the audio model says
+unfinished: ``max_delay``) or "words" (the words say unfinished: ``turn.text_hold_delay``)."""
 
 
 def _signals(v1_t: float, smart_t: float) -> dict[str, Verdict]:
-    def text(r: dict[str, Any]) -> bool:
-        return not sounds_unfinished(r["heard"])
+    def with_words(audio_done: Callable[[dict[str, Any]], bool]) -> Verdict:
+        def verdict(r: dict[str, Any]) -> str:
+            if sounds_unfinished(r["heard"]):
+                return "words"
+            return "fast" if audio_done(r) else "hold"
+
+        return verdict
+
+    def audio(done: Callable[[dict[str, Any]], bool]) -> Verdict:
+        return lambda r: "fast" if done(r) else "hold"
 
     return {
-        "vad only": lambda r: True,
-        "v1-mini": lambda r: r["v1"] >= v1_t,
-        "smart-turn v3.2": lambda r: r["smart"] >= smart_t,
-        "text rule": text,
-        "v1-mini + text": lambda r: r["v1"] >= v1_t and text(r),
-        "smart-turn + text": lambda r: r["smart"] >= smart_t and text(r),
+        "vad only": lambda r: "fast",
+        "v1-mini": audio(lambda r: r["v1"] >= v1_t),
+        "smart-turn v3.2": audio(lambda r: r["smart"] >= smart_t),
+        "text rule": with_words(lambda r: True),
+        "v1-mini + text": with_words(lambda r: r["v1"] >= v1_t),
+        "smart-turn + text": with_words(lambda r: r["smart"] >= smart_t),
         # the two models together: either sure enough, or both agreeing
-        "(v1-mini or smart-turn >= 0.9) + text": lambda r: (
-            (r["v1"] >= v1_t or r["smart"] >= 0.9) and text(r)
+        "(v1-mini or smart-turn >= 0.9) + text": with_words(
+            lambda r: r["v1"] >= v1_t or r["smart"] >= 0.9
         ),
-        "v1-mini and smart-turn + text": lambda r: (
-            r["v1"] >= v1_t and r["smart"] >= smart_t and text(r)
+        "v1-mini and smart-turn + text": with_words(
+            lambda r: r["v1"] >= v1_t and r["smart"] >= smart_t
         ),
     }
 
 
-def _score(rows: list[dict[str, Any]], done: Verdict, lo: float, hi: float) -> dict[str, Any]:
-    """Rates, the mean wait on complete turns and the cut-offs over the pauses."""
-    comp = [r for r in rows if r["kind"] == "complete"]
-    inc = [r for r in rows if r["kind"] != "complete"]
-    comp_ok = [done(r) for r in comp]
-    inc_held = [not done(r) for r in inc]
-    wait = statistics.fmean(lo if ok else hi for ok in comp_ok) if comp_ok else 0.0
+def _score(
+    rows: list[dict[str, Any]], verdict: Verdict, lo: float, hi: float, words: float = TEXT_HOLD
+) -> dict[str, Any]:
+    """Rates, the mean wait on complete turns and the cut-offs over the pauses. A pause of p
+    seconds is answered when p plus the VAD's onset lag reaches the delay the verdict chose."""
+    delay = {"fast": lo, "hold": hi, "words": words}
+    comp = [verdict(r) for r in rows if r["kind"] == "complete"]
+    inc = [verdict(r) for r in rows if r["kind"] != "complete"]
+    wait = statistics.fmean(delay[v] for v in comp) if comp else 0.0
 
     def cut_offs(pauses: list[float]) -> float:
-        n = sum((not held and p > lo) or p > hi for held in inc_held for p in pauses)
-        return n / max(1, len(inc_held) * len(pauses))
+        n = sum(p + ONSET_S > delay[v] for v in inc for p in pauses)
+        return n / max(1, len(inc) * len(pauses))
 
     return {
-        "complete_answered_fast": round(sum(comp_ok) / max(1, len(comp_ok)), 3),
-        "unfinished_held": round(sum(inc_held) / max(1, len(inc_held)), 3),
+        "complete_answered_fast": round(comp.count("fast") / max(1, len(comp)), 3),
+        "unfinished_held": round(sum(v != "fast" for v in inc) / max(1, len(inc)), 3),
         "mean_wait_s": round(wait, 3),
         "cut_offs_pauses_to_0.8s": round(cut_offs([p for p in PAUSES if p <= 0.8]), 3),
         "cut_offs_all_pauses": round(cut_offs(PAUSES), 3),
@@ -300,6 +318,7 @@ def main(lines: int, out: Path, rescore: bool, target: float, only: int) -> None
         "ms_per_decision": {
             k: round(statistics.median(r[f"{k}_ms"] for r in kept), 1) for k in ("v1", "smart")
         },
+        "default_delays": {"min": DEFAULT_DELAYS[0], "max": DEFAULT_DELAYS[1], "words": TEXT_HOLD},
         "thresholds_tuned": {
             "v1-mini": _best_threshold(tuning, "v1"),
             "smart-turn v3.2": _best_threshold(tuning, "smart"),
@@ -320,7 +339,7 @@ def main(lines: int, out: Path, rescore: bool, target: float, only: int) -> None
                     sel = [r for r in kept if r["band"] == band and r["split"] == split]
                     table.append(
                         {"signal": name, "thresholds": thresholds, "band": band,
-                         "split": split, **_score(sel, done, 0.4, 1.0)}
+                         "split": split, **_score(sel, done, *DEFAULT_DELAYS)}
                     )  # fmt: skip
     result["table"] = table
     chosen: dict[str, Any] = {}

@@ -101,19 +101,25 @@ def test_a_missing_model_file_says_what_to_run(tmp_path: object) -> None:
 @pytest.mark.asyncio
 async def test_the_veto_raises_the_streams_threshold_only_while_the_words_dangle() -> None:
     """The seam livekit-agents reads after each prediction: the detector stream's
-    ``unlikely_threshold``. Mid-sentence words lift it above any probability; a finished
-    sentence gets v1-mini's own English threshold back."""
+    ``unlikely_threshold``. Mid-sentence words lift it above any probability and switch the
+    session's maximum delay to the words' hold; a finished sentence gets v1-mini's own
+    English threshold and the normal maximum back."""
     from worker.turns.detector import HOLD, TextVetoTurnDetector
 
     detector = TextVetoTurnDetector(version="v1-mini")
+    max_delays: list[float] = []  # what the session's update_options would be given
+    detector.hold_with(max_delays.append, normal=1.2, held=1.5)
     stream = detector.stream()
     try:
         shipped = await stream.unlikely_threshold(None)
         assert shipped is not None and 0 < shipped < 1
+        assert max_delays == []  # already the normal maximum: nothing to change
         detector.note("I'd like to book a table for")
         assert await stream.unlikely_threshold(None) == HOLD
+        assert max_delays == [1.5]  # the words' longer hold for this decision
         detector.note("I'd like to book a table for four.")
         assert await stream.unlikely_threshold(None) == shipped
+        assert max_delays == [1.5, 1.2]  # and back
         assert detector.held == 1
     finally:
         await stream.aclose()

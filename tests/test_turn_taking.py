@@ -47,18 +47,22 @@ def _assistant(result: dict) -> list[dict]:  # type: ignore[type-arg]
     return [m for m in result["chat"] if m["role"] == "assistant"]
 
 
-async def test_mid_turn_pause_neither_cuts_off_the_caller_nor_keeps_a_stale_reply(
-    models: Models,
-) -> None:
-    result = await _run(models, "mid-turn-pause")
+def _both_halves_before_any_reply(result: dict, first: str, second: str) -> None:  # type: ignore[type-arg]
+    """No cut-off, and no agent reply between the two halves of the caller's sentence."""
     assert result["summary"]["cut_offs"] == 0, result
     chat = [m for m in result["chat"] if m["role"] in ("user", "assistant")]
     users = [i for i, m in enumerate(chat) if m["role"] == "user"]
     assert users, chat
-    # no agent reply between the two halves of the caller's sentence
     assert all(m["role"] == "user" for m in chat[users[0] : users[-1] + 1]), chat
     heard = " ".join(chat[i]["text"] for i in users).lower()
-    assert "table" in heard and "seven" in heard, heard
+    assert first in heard and second in heard, heard
+
+
+async def test_mid_turn_pause_neither_cuts_off_the_caller_nor_keeps_a_stale_reply(
+    models: Models,
+) -> None:
+    result = await _run(models, "mid-turn-pause")
+    _both_halves_before_any_reply(result, "table", "seven")
     assert len(_assistant(result)) >= 2, "the agent answered the whole sentence"
     spec = result["speculation"]
     # the first half's final transcript lands after the caller resumed: no reply may be
@@ -71,13 +75,7 @@ async def test_a_pause_after_a_dangling_word_is_held_by_the_words(models: Models
     """A 0.7 s pause right after "for" (longer than the 0.4 s minimum delay): the text veto
     holds the turn, whatever v1-mini heard, so one reply answers the whole sentence."""
     result = await _run(models, "dangling-word-pause")
-    assert result["summary"]["cut_offs"] == 0, result
-    chat = [m for m in result["chat"] if m["role"] in ("user", "assistant")]
-    users = [i for i, m in enumerate(chat) if m["role"] == "user"]
-    assert users, chat
-    assert all(m["role"] == "user" for m in chat[users[0] : users[-1] + 1]), chat
-    heard = " ".join(chat[i]["text"] for i in users).lower()
-    assert "table" in heard and "friday" in heard, heard
+    _both_halves_before_any_reply(result, "table", "friday")
     # the words did the holding: the veto was consulted on the paused half and said wait
     assert result["turns_held_by_words"] >= 1, result["turns_held_by_words"]
 

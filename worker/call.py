@@ -123,6 +123,12 @@ async def run_call(
     session = create_session(
         models, profile, turn_profile, session_id=call.call_id, turn_detector=veto
     )
+    if veto is not None:
+        veto.hold_with(
+            lambda d: session.update_options(endpointing_opts={"max_delay": d}),
+            normal=settings.turn.max_endpointing_delay,
+            held=settings.turn.text_hold_delay,
+        )
     sync: TranscriptSynchronizer | None = None
     if room is None:
         session.input.audio = call.audio_input

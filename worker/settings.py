@@ -223,6 +223,12 @@ class TTSSettings(BaseModel):
     voice: str = Field("af_heart", description="Kokoro voice name.")
     speed: float = Field(1.0, description="Speaking rate, 0.5 to 2.0.")
     lang: str = Field("en-us", description="espeak-ng language for phonemisation.")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="Threads synthesising with Kokoro; 0 lets onnxruntime take one per core "
+        "(see the thread budget in the README).",
+    )
 
     @field_validator("speed")
     @classmethod
@@ -306,17 +312,25 @@ class TurnSettings(BaseModel):
         0.4, description="Minimum silence (s) before a turn can be committed."
     )
     max_endpointing_delay: float = Field(
-        1.0,
+        1.2,
         description="Longest wait (s) when the end-of-turn model thinks the caller goes on. "
-        "Longer lets callers think aloud; shorter answers sooner.",
+        "Longer lets callers think aloud; shorter answers sooner. 1.2 s rather than 1.0: the "
+        "VAD notices a caller going on ~0.3 s late, so 1.0 s answered into 0.8 s pauses "
+        "(benchmarks/end_of_turn.py).",
     )
     turn_detector: bool = Field(True, description="Use the local end-of-turn model (v1-mini).")
     text_veto: bool = Field(
         True,
-        description="Hold the turn (wait `max_endpointing_delay`) when the transcript ends on a "
-        "word no sentence ends on ('for', 'the', 'and', 'um'), whatever the end-of-turn model "
+        description="Hold the turn (wait `text_hold_delay`) when the transcript ends on a word "
+        "no sentence ends on ('for', 'the', 'and', 'um'), whatever the end-of-turn model "
         "heard. On the held-back callers of benchmarks/end_of_turn.py it cut the replies into "
-        "0.4-0.8 s pauses from 18% to 5% (16 kHz), 16% to 7% (8 kHz), at no extra wait.",
+        "0.4-0.8 s pauses from 22% to 7% (16 kHz), 20% to 9% (8 kHz), at no extra wait.",
+    )
+    text_hold_delay: float = Field(
+        1.5,
+        description="Longest wait (s) when the words show the caller is mid-sentence "
+        "(`text_veto`); longer than `max_endpointing_delay` because the words are surer than "
+        "the audio model and the VAD takes ~0.3 s to notice the caller going on.",
     )
     vad_min_silence: float = Field(
         0.3, description="Silence (s) after which the VAD reports the end of speech."
