@@ -6,7 +6,8 @@ the agent's voice detected by the caller with the same energy detector on 8 kHz 
 SIP caller dials the worker's SIP server on 127.0.0.1 and talks mu-law RTP over UDP, so its
 figure adds the SIP transport (packetisation, jitter buffer, G.711 both ways, the sockets);
 the in-process caller talks to a loopback call. Voice-to-voice is the time from the last frame
-of a caller line leaving the caller to the first voiced frame of the reply arriving.
+of a caller line leaving the caller to the first voiced frame of the reply arriving; time to
+greeting from the call being answered (the SIP 200 OK) to the greeting's first voiced frame.
 
     python benchmarks/sip_latency.py [--runs 3] [--out benchmarks/results/sip_latency.json]
 """
@@ -72,9 +73,13 @@ class LoopbackCaller(SipCaller):
         return time.time()
 
 
-async def _converse(caller: SipCaller, voice: CallerVoice) -> list[float]:
-    """Greeting, then each line; returns voice-to-voice per line in ms."""
+async def _converse(
+    caller: SipCaller, voice: CallerVoice, answered: float
+) -> tuple[list[float], float | None]:
+    """Greeting, then each line; returns voice-to-voice per line and the time from the call
+    being answered to the greeting's first voiced audio at the caller, in ms."""
     await caller.wait_agent_quiet()
+    greeting = (caller.voiced_at[0] - answered) * 1000 if caller.voiced_at else None
     out = []
     for line in LINES:
         pcm = resample(voice(line), HARNESS_RATE, 8000)  # 8 kHz is all a phone carries
@@ -86,18 +91,20 @@ async def _converse(caller: SipCaller, voice: CallerVoice) -> list[float]:
         if first is not None:
             out.append((first - ended) * 1000)
             await caller.wait_agent_quiet()
-    return out
+    return out, greeting
 
 
-async def _sip_run(models: Models, local: LocalServer, voice: CallerVoice) -> list[float]:
+async def _sip_run(
+    models: Models, local: LocalServer, voice: CallerVoice
+) -> tuple[list[float], float | None]:
     cfg = models.settings.sip.transport_config()
     cfg.port = 0
     server = SipServer(cfg, on_call=local.run_phone_call)
     await server.start()
     caller = SipCaller(server.address)
     try:
-        await asyncio.to_thread(caller.dial)
-        v2v = await _converse(caller, voice)
+        await asyncio.to_thread(caller.dial)  # returns on the 200 OK
+        v2v = await _converse(caller, voice, time.time())
         await asyncio.to_thread(caller.hang_up)
     finally:
         caller.close()
@@ -105,17 +112,77 @@ async def _sip_run(models: Models, local: LocalServer, voice: CallerVoice) -> li
     return v2v
 
 
-async def _loopback_run(models: Models, voice: CallerVoice) -> list[float]:
+async def _loopback_run(models: Models, voice: CallerVoice) -> tuple[list[float], float | None]:
     call = LoopbackCall(records.new_call_id(), input_rate=8000, output_rate=8000)
     caller = LoopbackCaller(call)
+    answered = time.time()
     session = asyncio.create_task(run_call(models, call, profile="telephony"))
     try:
-        v2v = await _converse(caller, voice)
+        v2v = await _converse(caller, voice, answered)
     finally:
         call.mark_ended("caller_hangup")
         await session
         await call.close()
     return v2v
+
+
+STAGES = [
+    ("stt_final_ms", "STT final after the worker's end of speech"),
+    ("end_of_turn_ms", "end-of-turn decision after end of speech"),
+    ("llm_first_token_ms", "LLM first token after its request"),
+    ("tts_first_audio_ms", "TTS first audio after its request"),
+    ("voice_to_voice_ms", "first audio sent after end of speech (worker)"),
+]
+
+
+def _record_timings(calls_dir: Path, before: set[Path]) -> list[dict[str, Any]]:
+    """The agent turns' stage timings from the call record(s) this run wrote."""
+    out = []
+    for path in sorted(set(calls_dir.glob("*.jsonl")) - before):
+        for rec in records.read_records(path):
+            t = rec.get("timings") or {}
+            if rec.get("type") == "turn" and rec.get("role") == "agent" and t.get("stt_final_ms"):
+                out.append(t)
+    return out
+
+
+def _stages(timings: list[dict[str, Any]], caller_v2v: list[float]) -> dict[str, Any]:
+    """Per-stage medians (ms); the last stage is what the caller measured on the line."""
+    med: dict[str, Any] = {}
+    for key, _ in STAGES:
+        vals = [t[key] for t in timings if t.get(key) is not None]
+        med[key] = round(statistics.median(vals), 1) if vals else None
+    med["at_the_caller_ms"] = round(statistics.median(caller_v2v), 1) if caller_v2v else None
+    return med
+
+
+def _plot(stages: dict[str, dict[str, Any]], out: Path) -> Path | None:
+    """A PNG of the stage medians per transport, when matplotlib (extra `bench`) is there."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install '.[bench]'): no plot", file=sys.stderr)
+        return None
+    labels = [label for _, label in STAGES] + ["first audio heard by the caller"]
+    keys = [k for k, _ in STAGES] + ["at_the_caller_ms"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    height = 0.8 / max(1, len(stages))
+    for i, (name, med) in enumerate(stages.items()):
+        ys = [j + i * height for j in range(len(keys))]
+        ax.barh(ys, [med.get(k) or 0 for k in keys], height=height, label=name)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(keys))], labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("median, ms")
+    ax.set_title("Voice-to-voice stages per transport (2 cores, default models)")
+    ax.legend()
+    fig.tight_layout()
+    png = out.with_suffix(".png")
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
@@ -134,24 +201,41 @@ async def main(runs: int, out: Path) -> None:
     voice = CallerVoice("en-us")
     sip: list[float] = []
     loop: list[float] = []
+    greetings: dict[str, list[float]] = {"sip": [], "loopback": []}
+    timings: dict[str, list[dict[str, Any]]] = {"sip": [], "loopback": []}
     per_run: list[dict[str, Any]] = []
     started = time.time()
     try:
         for run in range(runs):
             order = ("sip", "loopback") if run % 2 == 0 else ("loopback", "sip")
             for kind in order:
-                v = (
+                before = set(settings.calls_dir.glob("*.jsonl"))
+                v, greeting = (
                     await _sip_run(models, local, voice)
                     if kind == "sip"
                     else await _loopback_run(models, voice)
                 )
                 (sip if kind == "sip" else loop).extend(v)
-                per_run.append({"run": run, "transport": kind, "voice_to_voice_ms": v})
-                print(f"run {run + 1}/{runs} {kind}: {[round(x) for x in v]} ms", file=sys.stderr)
+                timings[kind].extend(_record_timings(settings.calls_dir, before))
+                if greeting is not None:
+                    greetings[kind].append(greeting)
+                per_run.append(
+                    {"run": run, "transport": kind, "voice_to_voice_ms": v,
+                     "time_to_greeting_ms": greeting}
+                )  # fmt: skip
+                print(f"run {run + 1}/{runs} {kind}: {[round(x) for x in v]} ms, greeting "
+                      f"{greeting and round(greeting)} ms", file=sys.stderr)  # fmt: skip
     finally:
         await local.stop()
         await models.aclose()
     s_sip, s_loop = _summary(sip), _summary(loop)
+    for summary, kind in ((s_sip, "sip"), (s_loop, "loopback")):
+        g = greetings[kind]
+        summary["time_to_greeting_p50_ms"] = round(statistics.median(g), 1) if g else None
+    stages = {
+        "SIP/RTP": _stages(timings["sip"], sip),
+        "in-process": _stages(timings["loopback"], loop),
+    }
     ratio = round(statistics.median(sip) / statistics.median(loop), 2) if sip and loop else None
     doc = {
         "benchmark": "sip_latency",
@@ -162,14 +246,23 @@ async def main(runs: int, out: Path) -> None:
         "sip": s_sip,
         "in_process": s_loop,
         "p50_ratio_sip_over_in_process": ratio,
+        "stage_medians_ms": stages,
         "per_run": per_run,
     }
     _write(out, doc)
-    print("| transport | turns | voice-to-voice P50 | P95 |")
-    print("|---|---|---|---|")
+    print("| transport | turns | voice-to-voice P50 | P95 | time to greeting P50 |")
+    print("|---|---|---|---|---|")
     for name, s in (("SIP/RTP (127.0.0.1)", s_sip), ("in-process", s_loop)):
-        print(f"| {name} | {s['turns']} | {s['p50_ms']} ms | {s['p95_ms']} ms |")
+        print(f"| {name} | {s['turns']} | {s['p50_ms']} ms | {s['p95_ms']} ms "
+              f"| {s['time_to_greeting_p50_ms']} ms |")  # fmt: skip
     print(f"\nP50 ratio SIP / in-process: {ratio}  (written to {out})")
+    print("\n| stage (median ms) | " + " | ".join(stages) + " |")
+    print("|---|" + "---|" * len(stages))
+    for key, label in [*STAGES, ("at_the_caller_ms", "first audio heard by the caller")]:
+        print(f"| {label} | " + " | ".join(str(m[key]) for m in stages.values()) + " |")
+    png = _plot(stages, out)
+    if png is not None:
+        print(f"plot: {png}")
 
 
 def _write(out: Path, doc: dict[str, Any]) -> None:
