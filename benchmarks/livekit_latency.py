@@ -8,7 +8,9 @@ the same lines spoken by espeak-ng at real-time pace and waiting for each reply:
 - `livekit-sip`: a scripted phone (mu-law RTP over UDP) dialling LiveKit SIP, which bridges
   it into a room: SIP, G.711, the SIP service's own WebRTC leg, then the agent.
 Voice-to-voice is from the caller's last frame of a line leaving to the first voiced frame of
-the reply arriving at the caller. Also reported: the INVITE-to-200 time of each phone call.
+the reply arriving at the caller. Also reported: the INVITE-to-200 time of each phone call
+and the time to greeting (from the rtc caller having joined the room, or from the phone's
+200 OK, to the greeting's first voiced frame at the caller).
 
     python benchmarks/livekit_latency.py [--runs 3] [--llm smollm2] [--out FILE]
 """
@@ -64,7 +66,9 @@ def speak(text: str, out: Path) -> np.ndarray:
     return pcm if rate == 48000 else resample(pcm, rate, 48000)
 
 
-async def rtc_call(conf: stack.StackConfig, lines: list[np.ndarray], n: int) -> list[float]:
+async def rtc_call(
+    conf: stack.StackConfig, lines: list[np.ndarray], n: int
+) -> tuple[float | None, list[float]]:
     s = Settings()
     s.livekit.url, s.livekit.api_key = conf.url, conf.api_key
     from pydantic import SecretStr
@@ -72,9 +76,11 @@ async def rtc_call(conf: stack.StackConfig, lines: list[np.ndarray], n: int) -> 
     s.livekit.api_secret = SecretStr(conf.api_secret)
     caller = RoomCaller(conf.url, mint_token(s, f"bench-rtc-{n}", f"caller-{n}"))
     await caller.join()
+    joined = time.time()
     out = []
     try:
         await caller.until_quiet(QUIET, 60)  # the greeting
+        greeting = (caller.voiced_at[0] - joined) * 1000 if caller.voiced_at else None
         for pcm in lines:
             voiced = len(caller.voiced_at)
             caller.say(pcm)
@@ -92,17 +98,21 @@ async def rtc_call(conf: stack.StackConfig, lines: list[np.ndarray], n: int) -> 
             caller.said_until = 0.0
     finally:
         await caller.leave()
-    return out
+    return greeting, out
 
 
-async def sip_call(conf: stack.StackConfig, lines: list[np.ndarray]) -> tuple[float, list[float]]:
+async def sip_call(
+    conf: stack.StackConfig, lines: list[np.ndarray]
+) -> tuple[float, float | None, list[float]]:
     phone = SipCaller(("127.0.0.1", conf.sip_port), user="+15551230000")
     out = []
     try:
         t = time.monotonic()
         await asyncio.to_thread(phone.dial)
         answered = (time.monotonic() - t) * 1000
+        answered_at = time.time()
         await phone.wait_agent_quiet(quiet=QUIET, limit=60)
+        greeting = (phone.voiced_at[0] - answered_at) * 1000 if phone.voiced_at else None
         for pcm in lines:
             voiced = len(phone.voiced_at)
             said = await phone.stream(resample(pcm, 48000, 8000))
@@ -118,7 +128,7 @@ async def sip_call(conf: stack.StackConfig, lines: list[np.ndarray]) -> tuple[fl
         await asyncio.to_thread(phone.hang_up)
     finally:
         phone.close()
-    return answered, out
+    return answered, greeting, out
 
 
 def _first_after(times: list[float], t0: float) -> float | None:
@@ -161,13 +171,19 @@ def main() -> int:
                 time.sleep(0.2)
             results: dict[str, list[float]] = {"livekit-rtc": [], "livekit-sip": []}
             answers: list[float] = []
+            greetings: dict[str, list[float]] = {"livekit-rtc": [], "livekit-sip": []}
             for n in range(args.runs):  # alternate, so load drifts hit both alike
-                results["livekit-rtc"] += asyncio.run(rtc_call(conf, lines, n))
-                answered, v2v = asyncio.run(sip_call(conf, lines))
+                rtc_greeting, rtc_v2v = asyncio.run(rtc_call(conf, lines, n))
+                results["livekit-rtc"] += rtc_v2v
+                answered, sip_greeting, v2v = asyncio.run(sip_call(conf, lines))
+                for name, g in (("livekit-rtc", rtc_greeting), ("livekit-sip", sip_greeting)):
+                    if g is not None:
+                        greetings[name].append(g)
                 answers.append(answered)
                 results["livekit-sip"] += v2v
                 print(f"run {n + 1}: rtc {results['livekit-rtc'][-len(lines):]}, "
-                      f"sip {v2v}, answered in {answered:.0f} ms", flush=True)  # fmt: skip
+                      f"sip {v2v}, answered in {answered:.0f} ms, greeting rtc "
+                      f"{rtc_greeting} / sip {sip_greeting} ms", flush=True)  # fmt: skip
         finally:
             worker.terminate()
             worker.wait(60)
@@ -178,6 +194,9 @@ def main() -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
         "runs": args.runs,
         "sip_answer_ms": {"p50": pct(answers, 0.5), "max": round(max(answers), 1)},
+        # from the caller in the room (rtc) or the SIP 200 OK to the greeting's first voiced
+        # frame at the caller
+        "time_to_greeting_ms": {k: pct(v, 0.5) for k, v in greetings.items()},
     }
     for name, xs in results.items():
         report[name] = {"n": len(xs), "p50": pct(xs, 0.5), "p95": pct(xs, 0.95),
