@@ -48,6 +48,9 @@ INTERRUPTIONS = [
     "Wait, stop.", "No, that's wrong.", "Hold on a second.", "Sorry, can you repeat that?",
     "Actually, I want Saturday.", "Can I speak to a person?", "Two people, not four.",
     "What about Sunday?", "No.", "Stop.", "Excuse me.", "Hang on.",
+    # answers said over the agent's question, with no word that asks for the floor: only
+    # what they sound like tells them from a misspelt backchannel
+    "Four people.", "Saturday.", "Eight o'clock.", "Noon.", "Tomorrow.", "Two.",
 ]  # fmt: skip
 
 

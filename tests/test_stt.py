@@ -13,6 +13,7 @@ from livekit.agents import stt as lkstt
 
 from plugins.faster_whisper import STT, decode
 from plugins.faster_whisper.decode import WindowedDecoder
+from plugins.faster_whisper.stt import decode_prompt
 from worker.audio import resample
 from worker.models import load_stt
 from worker.settings import Settings
@@ -194,3 +195,34 @@ async def test_a_pause_shorter_than_the_utterance_gap_drops_the_early_decode(
     (final,) = _finals(events)
     assert word_error_rate("I would like to book a table for two people tonight.", final) < 0.3
     assert whisper.early_dropped > dropped, "the pause should have started an early decode"
+
+
+async def test_the_openers_prompt_reaches_each_decode_as_it_stands_then(
+    whisper: STT,
+    espeak,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker leans decodes over its reply toward backchannels through ``decode_prompt``:
+    the stream reads the callable when it opens and asks it before every decode, so the
+    prompt follows the reply starting and stopping. Control: a stream opened without one
+    decodes unprompted."""
+    prompts: list[str | None] = []
+    real = whisper.hear_async
+
+    async def spy(pcm: np.ndarray, language: str | None = None, prompt: str | None = None):  # type: ignore[no-untyped-def]
+        prompts.append(prompt)
+        return await real(pcm, language, prompt)
+
+    monkeypatch.setattr(whisper, "hear_async", spy)
+    samples, src = load_pcm(espeak(SENTENCES[0]))
+    token = decode_prompt.set(lambda: "Mm-hmm. Uh-huh.")
+    try:
+        events = await _stream(whisper, samples, src, pace=4.0)
+    finally:
+        decode_prompt.reset(token)
+    assert prompts and all(p == "Mm-hmm. Uh-huh." for p in prompts), prompts
+    assert word_error_rate(SENTENCES[0], _finals(events)[0]) < 0.3, "the prompt spoilt the words"
+
+    prompts.clear()
+    await _stream(whisper, samples, src, pace=4.0)
+    assert prompts and all(p is None for p in prompts), prompts

@@ -72,11 +72,36 @@ def test_bad_scenarios_are_clear_errors(tmp_path: Path, body: str, error: str) -
         ("No.", 0.5, 0.4, False),
         ("Saturday.", 0.8, 0.95, False),  # short but clearly said: the words decide
         ("And then them.", None, None, False),  # no audio signals (another STT): words only
+        ("And then them.", 0.8, None, False),  # no confidence: that signal is not used
         ("uh-huh", None, None, True),
     ],
 )
 def test_a_short_unsure_sound_resumes_however_it_was_spelt(
     text: str, seconds: float | None, confidence: float | None, resumes: bool
 ) -> None:
-    policy = BackchannelPolicy(max_seconds=1.0, max_confidence=0.6)
+    policy = BackchannelPolicy(max_seconds=1.0, max_confidence=0.6, max_distance=0.0)
     assert policy.is_backchannel(text, seconds=seconds, confidence=confidence) is resumes
+
+
+@pytest.mark.parametrize(
+    ("text", "resumes"),
+    [
+        # Whisper's spellings of backchannels in benchmarks/backchannel_signals.py
+        ("Mm-hums.", True), ("Uh-hi.", True), ("Righte.", True), ("Yepo.", True),
+        ("I see you.", True), ("Shura.", True),
+        # short answers: a rhyme is not enough ("Eight", "right"), nor a digit
+        ("Eight.", False), ("Noon.", False), ("Two.", False), ("2", False), ("Tomorrow.", False),
+        ("Four people.", False), ("Sunday.", False),
+        ("Yeah, stop.", False),  # a cue word still cuts, however close the rest is
+    ],
+)  # fmt: skip
+def test_a_short_sound_that_sounds_like_a_backchannel_resumes(text: str, resumes: bool) -> None:
+    """The default rule: near a listed phrase, from the same first letter, short; the
+    confidence path is off, so a clearly said and an unsure answer are judged alike."""
+    policy = BackchannelPolicy()
+    for confidence in (0.1, 0.95):
+        assert policy.is_backchannel(text, seconds=1.0, confidence=confidence) is resumes, (
+            text,
+            policy.distance(text),
+        )
+    assert not policy.is_backchannel(text, seconds=2.0, confidence=0.1) or policy._listed(text)

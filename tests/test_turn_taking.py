@@ -154,25 +154,22 @@ async def test_the_prepared_greeting_plays_without_a_synthesis_call(
 async def test_a_misheard_backchannel_still_resumes(
     models: Models, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whisper often spells a short "uh-huh" as words ("And then them."). The STT is made
-    to mishear every short sound so (the fake is the spelling only: the audio, the VAD
-    pause, the STT's timing and the agent's decision are real); the reply must resume all
-    the same, from the sound's length and the STT's doubt. Control: trusting the words
-    alone, the same mishearing cuts the reply."""
+    """Whisper often misspells a short "uh-huh" over the agent ("Uh-hi.", "Mm-hums."). The
+    STT is made to mishear every short sound so (the fake is the spelling only: the audio,
+    the VAD pause, the STT's timing and the agent's decision are real); the reply must
+    resume all the same, from the sound's length and what its letters sound like. Control:
+    trusting the words alone, the same mishearing cuts the reply."""
     from plugins.faster_whisper.stt import Heard
 
     stt = models.stt
     assert stt is not None
     real = stt.hear_async
 
-    async def mishear(pcm: Any, language: str | None = None) -> Heard:
-        heard = await real(pcm, language)
-        return Heard("And then them.", 0.1) if pcm.size < 1.2 * 16000 else heard
+    async def mishear(pcm: Any, language: str | None = None, prompt: str | None = None) -> Heard:
+        heard = await real(pcm, language, prompt)
+        return Heard("Uh-hi.", heard.confidence) if pcm.size < 1.5 * 16000 else heard
 
     monkeypatch.setattr(stt, "hear_async", mishear)
-    # espeak's "uh-huh" is longer than a natural one: allow it (the limit is a tuning choice,
-    # the mechanism is what is tested)
-    monkeypatch.setattr(models.settings.turn, "backchannel_max_seconds", 1.2)
     result = await _run(models, "backchannel", LONG_GREETING)
     (it,) = result["interruptions"]
     assert it["resumed"], it

@@ -33,6 +33,7 @@ from livekit.agents.types import FlushSentinel
 from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.agent import ModelSettings
 
+from plugins.faster_whisper.stt import decode_prompt
 from plugins.vllm import LLM as OpenAICompatLLM
 from telephony.call import Call, DigitCollector
 
@@ -404,6 +405,12 @@ class VoiceAgent(Agent):
         self, audio: AsyncIterable[rtc.AudioFrame], model_settings: ModelSettings
     ) -> AsyncGenerator[stt.SpeechEvent | str, None]:
         """The default STT node, minus backchannels heard over an active reply."""
+        policy = self._backchannels
+        if policy is not None and policy.prompt:
+            # the stream the default node opens reads this: sounds over the reply are decoded
+            # leaning toward the short answers callers give there
+            prompt = policy.prompt
+            decode_prompt.set(lambda: prompt if self._reply_active() else None)
         events: Any = Agent.default.stt_node(self, audio, model_settings)
         async for ev in events:
             if self._turn_veto is not None and isinstance(ev, stt.SpeechEvent):

@@ -159,6 +159,8 @@ async def run_call(
         backchannels=BackchannelPolicy(
             settings.turn.backchannels, max_seconds=settings.turn.backchannel_max_seconds,
             max_confidence=settings.turn.backchannel_max_confidence,
+            max_distance=settings.turn.backchannel_max_distance,
+            prompt=settings.turn.backchannel_prompt,
         ) if ours else None,
         speculation=speculation,
         turn_veto=veto,

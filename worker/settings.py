@@ -24,7 +24,7 @@ from pydantic_settings import (
 )
 
 from worker.facts import BusinessFacts, load_facts
-from worker.turns.backchannel import DEFAULT_BACKCHANNELS
+from worker.turns.backchannel import DEFAULT_BACKCHANNELS, OVER_REPLY_PROMPT
 
 
 def _default_data_dir() -> Path:
@@ -353,20 +353,35 @@ class TurnSettings(BaseModel):
         description="Phrases that, said over the agent, resume playout instead of interrupting.",
     )
     backchannel_max_seconds: float = Field(
-        0.7,
+        1.5,
         ge=0.0,
         description="A sound over the agent at most this long (s, VAD padding included), with "
-        'at most three words and no cue like "wait" or "no", that Whisper was unsure of, '
-        "resumes playout however it was spelt; 0 trusts the words alone.",
+        'at most three words and no cue like "wait" or "no", resumes playout when it sounds '
+        "like a listed phrase (`backchannel_max_distance`) or Whisper was unsure of it "
+        "(`backchannel_max_confidence`), however it was spelt; 0 trusts the words alone.",
+    )
+    backchannel_max_distance: float = Field(
+        0.45,
+        ge=0.0,
+        le=1.0,
+        description="How far (edit distance over length, 0-1) such a short sound's letters may "
+        'be from a listed phrase and still count as one ("Mm-hums", "Uh-hi"); 0 is off.',
     )
     backchannel_max_confidence: float = Field(
-        0.3,
+        0.0,
         ge=0.0,
         le=1.01,
         description="Whisper's confidence below which such a short sound counts as a "
-        "backchannel (above it, its words decide). Both limits were chosen on the tuning "
-        "voices of `benchmarks/backchannel_signals.py` as the loosest that still cut every "
-        "real interruption there.",
+        'backchannel whatever its words; 0 (off): short answers ("Two.") are as unsure. The '
+        "three limits were chosen on the tuning voices of `benchmarks/backchannel_signals.py`"
+        " (seconds: 95% of backchannels fit; the rest: most resumed, no extra interruption "
+        "or common short answer let through).",
+    )
+    backchannel_prompt: str = Field(
+        OVER_REPLY_PROMPT,
+        description="Text Whisper reads before a sound heard over the agent's reply, so it "
+        "spells short answers as said (both backchannels and floor-taking words); empty to "
+        "decode as any other utterance. For other languages, write its own short answers.",
     )
 
 

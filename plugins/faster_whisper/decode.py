@@ -92,10 +92,16 @@ class WindowedDecoder:
         return tok
 
     def decode(
-        self, pcms: list[np.ndarray], language: str | None = None, *, short: bool = True
+        self,
+        pcms: list[np.ndarray],
+        language: str | None = None,
+        *,
+        short: bool = True,
+        prompt: str | None = None,
     ) -> list[Decoded]:
         """Blocking: 16 kHz float32 utterances in, one result each. With ``short``, each is
-        first decoded in the short window and redone in the full one when it looks unsound."""
+        first decoded in the short window and redone in the full one when it looks unsound.
+        ``prompt`` is text Whisper reads as what came before (it leans the spelling)."""
         if not pcms:
             return []
         feats = [self.model.feature_extractor(p[-30 * SAMPLE_RATE :]) for p in pcms]
@@ -103,20 +109,22 @@ class WindowedDecoder:
         window = FULL_WINDOW
         if short:
             window = min(FULL_WINDOW, max(SHORT_WINDOW, max(lengths) + TAIL_FRAMES))
-        out = self._run(feats, language, window)
+        out = self._run(feats, language, window, prompt)
         if window < FULL_WINDOW:
             redo = [i for i, d in enumerate(out) if d is None]
             if redo:
-                again = self._run([feats[i] for i in redo], language, FULL_WINDOW)
+                again = self._run([feats[i] for i in redo], language, FULL_WINDOW, prompt)
                 for i, d in zip(redo, again, strict=True):
                     out[i] = d
         return [d for d in out if d is not None]
 
     def _run(
-        self, feats: list[np.ndarray], language: str | None, window: int
+        self, feats: list[np.ndarray], language: str | None, window: int, before: str | None
     ) -> list[Decoded | None]:
         tok = self.tokenizer(language)
         prompt = [*tok.sot_sequence, tok.no_timestamps]
+        if before:
+            prompt = [tok.sot_prev, *tok.encode(" " + before.strip())[-100:], *prompt]
         batch = np.stack(
             [
                 f[:, :window] if f.shape[1] >= window else np.pad(

@@ -11,6 +11,11 @@ livekit-agents starts a speculative reply on preflight transcripts only (a final
 starts one only in VAD mode), so without them nothing was speculated after the first turn.
 Input at any rate is resampled once to 16 kHz;
 decoding runs on a thread pool shared by all calls, never on the event loop.
+
+Whoever opens a stream can lean its spelling: a callable set in ``decode_prompt`` when the
+stream is created is asked before each decode for text Whisper reads as what came before
+(the worker gives it the backchannels while its reply plays, so a short "mm-hmm" over the
+agent is written as one rather than as "And then them.").
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +51,12 @@ SAMPLE_RATE = 16000
 SPOKEN_TAIL_S = 0.1
 """A transcript's ``end_time`` is the VAD's padding and speech plus this much silence, the
 moment the early final starts: the same measure the barge-in limits were tuned on."""
+
+decode_prompt: ContextVar[Callable[[], str | None] | None] = ContextVar(
+    "decode_prompt", default=None
+)
+"""Read once when a stream is created: called before each of its decodes for a prompt (or
+``None``). A context variable because the framework, not the caller, opens the stream."""
 
 _executor: ThreadPoolExecutor | None = None
 
@@ -150,12 +163,14 @@ class STT(stt.STT):
     def provider(self) -> str:
         return "faster-whisper"
 
-    def decode_pcm(self, pcm: np.ndarray, language: str | None = None) -> Decoded | None:
+    def decode_pcm(
+        self, pcm: np.ndarray, language: str | None = None, prompt: str | None = None
+    ) -> Decoded | None:
         """Decode 16 kHz mono float32 samples; blocking, so call it off the event loop.
         ``None`` for audio too short to hold a word."""
         if pcm.size < SAMPLE_RATE // 10:
             return None
-        return self._decoder.decode([pcm], language or self._opts.language)[0]
+        return self._decoder.decode([pcm], language or self._opts.language, prompt=prompt)[0]
 
     def transcribe_pcm(self, pcm: np.ndarray, language: str | None = None) -> str:
         """The words in 16 kHz mono float32 samples, or "" for none; blocking."""
@@ -167,13 +182,15 @@ class STT(stt.STT):
     async def transcribe_async(self, pcm: np.ndarray, language: str | None = None) -> str:
         return (await self.hear_async(pcm, language)).text
 
-    async def hear_async(self, pcm: np.ndarray, language: str | None = None) -> Heard:
+    async def hear_async(
+        self, pcm: np.ndarray, language: str | None = None, prompt: str | None = None
+    ) -> Heard:
         """The words and the model's confidence in them (1.0 through the batcher, which
-        keeps only the words), decoded off the event loop."""
+        keeps only the words and takes no prompt), decoded off the event loop."""
         if self.batcher is not None and (language or self._opts.language) == self.batcher.language:
             return Heard(await self.batcher.transcribe(pcm), 1.0)
         loop = asyncio.get_running_loop()
-        d = await loop.run_in_executor(self._pool, self.decode_pcm, pcm, language)
+        d = await loop.run_in_executor(self._pool, self.decode_pcm, pcm, language, prompt)
         return Heard(heard(d), d.confidence if d is not None else 0.0)
 
     async def _recognize_impl(
@@ -212,6 +229,12 @@ class SpeechStream(stt.RecognizeStream):
         self._language = language
         self._utt: _Utterance | None = None
         self._final_lock = asyncio.Lock()
+        self._prompt = decode_prompt.get()
+
+    def _hear(self, pcm: np.ndarray) -> asyncio.Task[Heard]:
+        """Decode one utterance, with the opener's prompt as it stands now."""
+        prompt = self._prompt() if self._prompt is not None else None
+        return asyncio.create_task(self._whisper.hear_async(pcm, self._language, prompt))
 
     def _emit(self, kind: stt.SpeechEventType, utt: _Utterance, words: Heard | None = None) -> None:
         """An event of ``utt``; transcripts carry Whisper's confidence and, as ``end_time``,
@@ -241,7 +264,7 @@ class SpeechStream(stt.RecognizeStream):
                     self._whisper.early_finals += 1
                     words = await utt.early
                 else:
-                    words = await self._whisper.hear_async(pcm, self._language)
+                    words = await self._hear(pcm)
                 logger.debug(
                     "final in %.0f ms: %r", (time.perf_counter() - started) * 1e3, words.text
                 )
@@ -272,7 +295,7 @@ class SpeechStream(stt.RecognizeStream):
             if utt.early is None:
                 utt.decoded_samples = utt.samples  # no interim for the same audio
                 pcm = np.concatenate(utt.chunks)
-                utt.early = asyncio.create_task(self._whisper.hear_async(pcm, self._language))
+                utt.early = self._hear(pcm)
                 early = utt.early
 
                 def preflight(t: asyncio.Task[Heard]) -> None:
@@ -323,7 +346,7 @@ class SpeechStream(stt.RecognizeStream):
                     continue
                 utt.decoded_samples = utt.samples
                 pcm = np.concatenate(utt.chunks)[-30 * SAMPLE_RATE :]
-                words = await self._whisper.hear_async(pcm, self._language)
+                words = await self._hear(pcm)
                 if words.text and not utt.finalising and self._utt is utt:
                     self._emit(stt.SpeechEventType.INTERIM_TRANSCRIPT, utt, words)
 
