@@ -1,13 +1,16 @@
-"""Benchmark: voice-to-voice latency through real SIP/RTP against the in-process transport.
+"""Benchmark: voice-to-voice latency through real SIP/RTP and Twilio Media Streams against
+the in-process transport.
 
-Both callers are the same script on the same models in the same process, alternating run by
+The callers are the same script on the same models in the same process, taking turns run by
 run: four caller lines spoken by espeak-ng, each sent as 20 ms frames at real-time pace, and
 the agent's voice detected by the caller with the same energy detector on 8 kHz audio. The
 SIP caller dials the worker's SIP server on 127.0.0.1 and talks mu-law RTP over UDP, so its
 figure adds the SIP transport (packetisation, jitter buffer, G.711 both ways, the sockets);
-the in-process caller talks to a loopback call. Voice-to-voice is the time from the last frame
-of a caller line leaving the caller to the first voiced frame of the reply arriving; time to
-greeting from the call being answered (the SIP 200 OK) to the greeting's first voiced frame.
+the Twilio caller opens the worker's ``/twilio/media`` WebSocket and sends and receives
+base64 mu-law ``media`` events as Twilio does; the in-process caller talks to a loopback call.
+Voice-to-voice is the time from the last frame of a caller line leaving the caller to the
+first voiced frame of the reply arriving; time to greeting from the call being answered (the
+SIP 200 OK, the stream's ``start`` event) to the greeting's first voiced frame.
 
     python benchmarks/sip_latency.py [--runs 3] [--out benchmarks/results/sip_latency.json]
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import platform
 import statistics
@@ -24,11 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from plugins.llama_cpp.server import free_port  # noqa: E402
+from telephony import g711  # noqa: E402
 from telephony.loopback import LoopbackCall  # noqa: E402
 from telephony.sip import SipServer  # noqa: E402
 from tests.sip_tools import SipCaller  # noqa: E402
@@ -73,6 +80,50 @@ class LoopbackCaller(SipCaller):
         return time.time()
 
 
+class TwilioCaller(SipCaller):
+    """The same caller script over Twilio Media Streams: JSON ``media`` events of base64
+    mu-law, 20 ms each, on the worker's WebSocket; what comes back is the agent's audio."""
+
+    STREAM = "MZbench"
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.heard: list[np.ndarray] = []
+        self.voiced_at: list[float] = []
+
+    async def receive(self) -> None:
+        async for msg in self.ws:
+            data = json.loads(msg.data)
+            if data.get("event") == "media":
+                pcm = g711.decode(base64.b64decode(data["media"]["payload"]))
+                self.heard.append(pcm)
+                if float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > self.VOICED_RMS:
+                    self.voiced_at.append(time.time())
+
+    async def start(self) -> None:
+        """What Twilio sends when the call is answered and the stream opens."""
+        await self.ws.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self.ws.send_json(
+            {"event": "start", "sequenceNumber": "1", "streamSid": self.STREAM,
+             "start": {"streamSid": self.STREAM, "callSid": "CAbench", "accountSid": "ACbench",
+                       "tracks": ["inbound"], "customParameters": {"from": "+15550100"},
+                       "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
+                                       "channels": 1}}}
+        )  # fmt: skip
+
+    async def stream(self, pcm8k: np.ndarray) -> float:
+        pcm = np.concatenate([pcm8k, np.zeros((-pcm8k.size) % 160, np.int16)]).astype(np.int16)
+        start = time.monotonic()
+        for i in range(pcm.size // 160):
+            payload = base64.b64encode(g711.encode(pcm[i * 160 : (i + 1) * 160])).decode()
+            await self.ws.send_json(
+                {"event": "media", "streamSid": self.STREAM,
+                 "media": {"track": "inbound", "payload": payload}}
+            )  # fmt: skip
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - time.monotonic()))
+        return time.time()
+
+
 async def _converse(
     caller: SipCaller, voice: CallerVoice, answered: float
 ) -> tuple[list[float], float | None]:
@@ -109,6 +160,22 @@ async def _sip_run(
     finally:
         caller.close()
         await server.stop()
+    return v2v
+
+
+async def _twilio_run(port: int, voice: CallerVoice) -> tuple[list[float], float | None]:
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"ws://127.0.0.1:{port}/twilio/media")
+        caller = TwilioCaller(ws)
+        receiver = asyncio.create_task(caller.receive())
+        try:
+            await caller.start()
+            v2v = await _converse(caller, voice, time.time())
+            await ws.send_json({"event": "stop", "streamSid": caller.STREAM, "stop": {}})
+            await asyncio.wait_for(receiver, 10)
+        finally:
+            receiver.cancel()
+            await ws.close()
     return v2v
 
 
@@ -198,24 +265,27 @@ async def main(runs: int, out: Path) -> None:
     settings = load_settings()
     models = await load_models(settings)
     local = LocalServer(models)
+    port = free_port()
+    await local.start("127.0.0.1", port)  # the HTTP server, for Twilio's WebSocket
     voice = CallerVoice("en-us")
-    sip: list[float] = []
-    loop: list[float] = []
-    greetings: dict[str, list[float]] = {"sip": [], "loopback": []}
-    timings: dict[str, list[dict[str, Any]]] = {"sip": [], "loopback": []}
+    kinds = ("sip", "twilio", "loopback")
+    v2v: dict[str, list[float]] = {k: [] for k in kinds}
+    greetings: dict[str, list[float]] = {k: [] for k in kinds}
+    timings: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     per_run: list[dict[str, Any]] = []
     started = time.time()
     try:
         for run in range(runs):
-            order = ("sip", "loopback") if run % 2 == 0 else ("loopback", "sip")
+            order = kinds[run % 3 :] + kinds[: run % 3]  # each transport first once in three
             for kind in order:
                 before = set(settings.calls_dir.glob("*.jsonl"))
-                v, greeting = (
-                    await _sip_run(models, local, voice)
-                    if kind == "sip"
-                    else await _loopback_run(models, voice)
-                )
-                (sip if kind == "sip" else loop).extend(v)
+                if kind == "sip":
+                    v, greeting = await _sip_run(models, local, voice)
+                elif kind == "twilio":
+                    v, greeting = await _twilio_run(port, voice)
+                else:
+                    v, greeting = await _loopback_run(models, voice)
+                v2v[kind].extend(v)
                 timings[kind].extend(_record_timings(settings.calls_dir, before))
                 if greeting is not None:
                     greetings[kind].append(greeting)
@@ -228,14 +298,14 @@ async def main(runs: int, out: Path) -> None:
     finally:
         await local.stop()
         await models.aclose()
-    s_sip, s_loop = _summary(sip), _summary(loop)
-    for summary, kind in ((s_sip, "sip"), (s_loop, "loopback")):
+    summaries = {k: _summary(v2v[k]) for k in kinds}
+    for kind, summary in summaries.items():
         g = greetings[kind]
         summary["time_to_greeting_p50_ms"] = round(statistics.median(g), 1) if g else None
-    stages = {
-        "SIP/RTP": _stages(timings["sip"], sip),
-        "in-process": _stages(timings["loopback"], loop),
-    }
+    names = {"sip": "SIP/RTP", "twilio": "Twilio Media Streams", "loopback": "in-process"}
+    stages = {names[k]: _stages(timings[k], v2v[k]) for k in kinds}
+    sip, loop = v2v["sip"], v2v["loopback"]
+    s_sip, s_loop = summaries["sip"], summaries["loopback"]
     ratio = round(statistics.median(sip) / statistics.median(loop), 2) if sip and loop else None
     doc = {
         "benchmark": "sip_latency",
@@ -245,6 +315,7 @@ async def main(runs: int, out: Path) -> None:
         "lines": LINES,
         "sip": s_sip,
         "in_process": s_loop,
+        "twilio": summaries["twilio"],
         "p50_ratio_sip_over_in_process": ratio,
         "stage_medians_ms": stages,
         "per_run": per_run,
@@ -252,7 +323,9 @@ async def main(runs: int, out: Path) -> None:
     _write(out, doc)
     print("| transport | turns | voice-to-voice P50 | P95 | time to greeting P50 |")
     print("|---|---|---|---|---|")
-    for name, s in (("SIP/RTP (127.0.0.1)", s_sip), ("in-process", s_loop)):
+    rows = (("SIP/RTP (127.0.0.1)", s_sip), ("Twilio Media Streams (127.0.0.1)",
+            summaries["twilio"]), ("in-process", s_loop))  # fmt: skip
+    for name, s in rows:
         print(f"| {name} | {s['turns']} | {s['p50_ms']} ms | {s['p95_ms']} ms "
               f"| {s['time_to_greeting_p50_ms']} ms |")  # fmt: skip
     print(f"\nP50 ratio SIP / in-process: {ratio}  (written to {out})")
