@@ -14,8 +14,8 @@ decoding runs on a thread pool shared by all calls, never on the event loop.
 
 Whoever opens a stream can lean its spelling: a callable set in ``decode_prompt`` when the
 stream is created is asked before each decode for text Whisper reads as what came before
-(the worker gives it the backchannels while its reply plays, so a short "mm-hmm" over the
-agent is written as one rather than as "And then them.").
+(while its reply plays, the worker gives it short answers of both kinds, "Mm-hmm. ... Stop.
+No.", so a short "mm-hmm" over the agent is written as one rather than "And then them.").
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ DEFAULT_BACKCHANNELS = (
 
 OVER_REPLY_PROMPT = "Mm-hmm. Uh-huh. Yeah. Right. Okay. Wait. Stop. No."
 """What Whisper reads as said before a sound heard over the agent's reply: both kinds of
-short answer, so neither is favoured (a prompt of backchannels alone would lean "No" too)."""
+short answer, so that neither the backchannel nor the floor-taking word is favoured."""
 
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 """Digits are words too: Whisper writes a spoken "Two." as "2", which is an answer."""
