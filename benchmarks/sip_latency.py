@@ -10,9 +10,11 @@ the Twilio caller opens the worker's ``/twilio/media`` WebSocket and sends and r
 base64 mu-law ``media`` events as Twilio does; the in-process caller talks to a loopback call.
 Voice-to-voice is the time from the last frame of a caller line leaving the caller to the
 first voiced frame of the reply arriving; time to greeting from the call being answered (the
-SIP 200 OK, the stream's ``start`` event) to the greeting's first voiced frame.
+SIP 200 OK, the stream's ``start`` event) to the greeting's first voiced frame. The caller is
+espeak-ng en-us unless ``--caller`` names a voice of ``callers.py`` ("kokoro:bf_emma",
+"piper:joe", "espeak:en-gb:140"), whose lines are rendered once before the runs.
 
-    python benchmarks/sip_latency.py [--runs 3] [--out benchmarks/results/sip_latency.json]
+    python benchmarks/sip_latency.py [--runs 3] [--caller VOICE] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,9 @@ from worker.harness import CallerVoice  # noqa: E402
 from worker.local.server import LocalServer  # noqa: E402
 from worker.models import Models, load_models  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
+
+Voice = Callable[[str], np.ndarray]
+"""A caller: 16 kHz int16 samples of a line."""
 
 LINES = [
     "Hi, what time do you open tomorrow?",
@@ -125,7 +131,7 @@ class TwilioCaller(SipCaller):
 
 
 async def _converse(
-    caller: SipCaller, voice: CallerVoice, answered: float
+    caller: SipCaller, voice: Voice, answered: float
 ) -> tuple[list[float], float | None]:
     """Greeting, then each line; returns voice-to-voice per line and the time from the call
     being answered to the greeting's first voiced audio at the caller, in ms."""
@@ -146,7 +152,7 @@ async def _converse(
 
 
 async def _sip_run(
-    models: Models, local: LocalServer, voice: CallerVoice
+    models: Models, local: LocalServer, voice: Voice
 ) -> tuple[list[float], float | None]:
     cfg = models.settings.sip.transport_config()
     cfg.port = 0
@@ -163,7 +169,7 @@ async def _sip_run(
     return v2v
 
 
-async def _twilio_run(port: int, voice: CallerVoice) -> tuple[list[float], float | None]:
+async def _twilio_run(port: int, voice: Voice) -> tuple[list[float], float | None]:
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"ws://127.0.0.1:{port}/twilio/media")
         caller = TwilioCaller(ws)
@@ -179,7 +185,7 @@ async def _twilio_run(port: int, voice: CallerVoice) -> tuple[list[float], float
     return v2v
 
 
-async def _loopback_run(models: Models, voice: CallerVoice) -> tuple[list[float], float | None]:
+async def _loopback_run(models: Models, voice: Voice) -> tuple[list[float], float | None]:
     call = LoopbackCall(records.new_call_id(), input_rate=8000, output_rate=8000)
     caller = LoopbackCaller(call)
     answered = time.time()
@@ -261,13 +267,23 @@ def _summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def main(runs: int, out: Path) -> None:
+def _caller(name: str | None) -> tuple[Voice, str]:
+    if name is None:
+        return CallerVoice("en-us"), "espeak:en-us"
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from callers import Corpus
+
+    rendered = {line: Corpus.load().render(line, name, "16k") for line in LINES}
+    return rendered.__getitem__, name
+
+
+async def main(runs: int, out: Path, caller: str | None = None) -> None:
     settings = load_settings()
     models = await load_models(settings)
     local = LocalServer(models)
     port = free_port()
     await local.start("127.0.0.1", port)  # the HTTP server, for Twilio's WebSocket
-    voice = CallerVoice("en-us")
+    voice, caller_name = _caller(caller)
     kinds = ("sip", "twilio", "loopback")
     v2v: dict[str, list[float]] = {k: [] for k in kinds}
     greetings: dict[str, list[float]] = {k: [] for k in kinds}
@@ -313,6 +329,7 @@ async def main(runs: int, out: Path) -> None:
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "runs": runs,
         "lines": LINES,
+        "caller": caller_name,
         "sip": s_sip,
         "in_process": s_loop,
         "twilio": summaries["twilio"],
@@ -346,6 +363,7 @@ def _write(out: Path, doc: dict[str, Any]) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--caller", help='a voice of benchmarks/callers.py, e.g. "kokoro:bf_emma"')
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sip_latency.json")
     a = p.parse_args()
-    asyncio.run(main(a.runs, a.out))
+    asyncio.run(main(a.runs, a.out, a.caller))
