@@ -105,3 +105,49 @@ def test_a_short_sound_that_sounds_like_a_backchannel_resumes(text: str, resumes
             policy.distance(text),
         )
     assert not policy.is_backchannel(text, seconds=2.0, confidence=0.1) or policy._listed(text)
+
+
+class _Handle:
+    """Just the public face of a ``SpeechHandle`` the tracker reads: a fake, because what is
+    checked here is the bookkeeping, not the framework (the real handles go through it in
+    test_turn_taking.py)."""
+
+    def __init__(self, scheduled: bool, interrupted: bool, heard: str | None) -> None:
+        from livekit.agents import llm
+
+        self.id = f"h{id(self)}"
+        self.scheduled = scheduled
+        self.interrupted = interrupted
+        said = [llm.ChatMessage(role="assistant", content=[heard])] if heard else []
+        self.chat_items = said
+
+    def done(self) -> bool:
+        return True
+
+    def add_done_callback(self, _cb: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "interrupted", "heard", "outcome"),
+    [
+        (True, False, "Sure, we open at noon.", "used"),
+        (True, True, "Sure, we", "used"),  # cut by the caller after some of it was heard
+        (True, True, None, "dropped_after_commit"),  # committed in a pause, cut unheard
+        (False, False, None, "cancelled"),  # never committed
+    ],
+)
+def test_speculation_counts_a_reply_cut_before_a_word_of_it_played_as_waste(
+    scheduled: bool, interrupted: bool, heard: str | None, outcome: str
+) -> None:
+    from worker.turns import SpeculationTracker
+
+    tracker = SpeculationTracker()
+    tracker._started(_Handle(scheduled, interrupted, heard))
+    tracker.note_tokens(next(iter(tracker._work)), 7)
+    stats = tracker.settle().as_dict()
+    wasted = outcome != "used"
+    assert stats["used"] == (0 if wasted else 1)
+    assert stats["cancelled"] == (1 if wasted else 0)
+    assert stats["dropped_after_commit"] == (1 if outcome == "dropped_after_commit" else 0)
+    assert stats["wasted_tokens"] == (7 if wasted else 0)

@@ -29,6 +29,9 @@ class SpeculationStats:
     used: int = 0
     cancelled: int = 0
     cancelled_on_speech_start: int = 0
+    dropped_after_commit: int = 0
+    """Replies whose turn was committed while the caller was only pausing: the caller went on
+    before a word of them was heard, so they were cut unheard (counted in ``cancelled``)."""
     skipped_while_speaking: int = 0
     wasted_tokens: int = 0
     wasted_audio_s: float = 0.0
@@ -103,14 +106,20 @@ class SpeculationTracker:
     def settle(self) -> SpeculationStats:
         """Classify every speculative reply whose fate is known; return the totals."""
         for hid, work in list(self._work.items()):
-            if work.handle.scheduled:
-                self.stats.used += 1
-            elif work.handle.done():
+            handle = work.handle
+            if not handle.done():
+                continue  # its fate (heard, cut unheard, dropped) is not known yet
+            if handle.scheduled and _unheard(handle):
+                self.stats.dropped_after_commit += 1
                 self.stats.cancelled += 1
                 self.stats.wasted_tokens += work.tokens
                 self.stats.wasted_audio_s += work.audio_s
+            elif handle.scheduled:
+                self.stats.used += 1
             else:
-                continue
+                self.stats.cancelled += 1
+                self.stats.wasted_tokens += work.tokens
+                self.stats.wasted_audio_s += work.audio_s
             del self._work[hid]
         return self.stats
 
@@ -134,3 +143,13 @@ class SpeculationTracker:
     def note_audio(self, handle_id: str | None, seconds: float) -> None:
         if handle_id is not None and handle_id in self._work:
             self._work[handle_id].audio_s += seconds
+
+
+def _unheard(handle: Any) -> bool:
+    """An interrupted reply that left nothing in the history: not a word of it played."""
+    if not handle.interrupted:
+        return False
+    return not any(
+        getattr(item, "role", None) == "assistant" and getattr(item, "text_content", None)
+        for item in handle.chat_items
+    )
