@@ -169,10 +169,12 @@ class STTSettings(BaseModel):
         "itself is decided by endpointing, so short is safe and fast.",
     )
     early_final: float = Field(
-        0.1,
+        0.03,
         ge=0.0,
         description="Silence (s) after which the final decode starts, before `min_silence` "
-        "closes the utterance; dropped if the caller goes on. 0 waits for `min_silence`.",
+        "closes the utterance; dropped if the caller goes on. 0 waits for `min_silence`. "
+        "0.03 starts it on the VAD's first silent window: ~70 ms sooner than 0.1, for a word "
+        "error of 0.209 against 0.208 (16 kHz) and 0.237 against 0.234 (G.711) on tuning voices.",
     )
 
 

@@ -32,8 +32,12 @@ SHORT_WINDOW = 1000
 """10 s: the shortest window that decoded as well as the full one on the caller corpus."""
 TAIL_FRAMES = 200
 """At least 2 s of padding after the speech: less made the decoder run on."""
-MAX_WORDS_PER_SECOND = 3.5
-"""More words than this per second of audio (plus one) means the decoder invented some."""
+MAX_WORDS_PER_SECOND = 5.0
+"""More words than this per second of audio (plus one) means the decoder invented some. At 3.5
+a caller's brisk "I would like to book a table for four people at eight." (12 words in 3 s)
+was judged invented and decoded again in the full window (+170 ms on its final). On 560 lines
+of 14 tuning voices (16 kHz and G.711): short decodes kept 505 -> 553, word error 0.185 ->
+0.187 (0.183 with the full window only)."""
 _REPEAT_UNIT = 4
 
 

@@ -132,7 +132,7 @@ class STT(stt.STT):
         vad: agents_vad.VAD | None = None,
         interim_interval: float = 0.6,
         min_silence: float = 0.35,
-        early_final: float = 0.1,
+        early_final: float = 0.03,
     ) -> None:
         super().__init__(
             capabilities=stt.STTCapabilities(
