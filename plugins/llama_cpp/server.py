@@ -109,7 +109,7 @@ class EmbeddedLLMServer:
         ctx: int = 4096,
         host: str = "127.0.0.1",
         log_path: Path | None = None,
-        nice: int = 10,
+        nice: int = 19,
     ) -> None:
         self._model = model
         self._nice = nice
