@@ -127,3 +127,25 @@ def test_the_first_piece_is_a_short_phrase(written: str, first_piece: str | None
     on a word like "the" (it would sound broken off), and waits while too few are written."""
     cut = early_cut(written + " ")
     assert (written[:cut].strip() if cut else None) == first_piece
+
+
+@pytest.mark.parametrize(
+    ("written", "first_piece"),
+    [
+        ("Yes,", "Yes,"),
+        ("Sure!", "Sure!"),
+        ("We open at noon.", "We open at noon."),
+        ("It costs 1,", None),  # "1,500": the next token may go on with the number
+        ("It is 3.", None),
+        ("Ask for Dr.", None),
+        ("I", None),
+    ],
+)
+def test_a_mark_at_the_end_of_the_words_so_far_cuts_at_once(
+    written: str, first_piece: str | None
+) -> None:
+    """The LLM writes "Yes" then ","; the piece is cut on the comma, not one token later when
+    the next word shows a space after it, unless the mark may belong to a number or a title."""
+    cut = early_cut(written)
+    assert (written[:cut].strip() if cut else None) == first_piece
+

@@ -18,6 +18,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.turn import TurnHandlingOptions
 
 from .models import Models
+from .spoken import without_markup
 from .turns.detector import TextVetoTurnDetector
 
 Profile = Literal["web", "telephony"]
@@ -109,6 +110,12 @@ def create_session(
         tts=tts,
         turn_handling=turn_handling(models, turn_profile, turn_detector),
         aec_warmup_duration=warmup,
+        # ours: markup dropped with nothing held back (the stock filter delays every token)
+        tts_text_transforms=(
+            ["filter_markdown", "filter_emoji"]
+            if turn_profile == "livekit-defaults"
+            else [without_markup, "filter_emoji"]
+        ),
         user_away_timeout=None,
         conn_options=SessionConnectOptions(
             llm_conn_options=llm_conn,

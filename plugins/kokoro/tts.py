@@ -58,17 +58,34 @@ class UnknownVoiceError(ValueError):
 _CLAUSE_BREAK = re.compile(r"(?<=[,;:])\s+")
 
 
-_HEAD_END = re.compile(r"[,;:.!?](?=\s)")
+_HEAD_END = re.compile(r"[,;:.!?](?=\s|$)")
+_ABBREVIATION = frozenset("mr mrs ms dr st jr sr no vs etc approx".split())
+
+
+def _mark_ends_phrase(text: str, at: int) -> bool:
+    """Whether the mark at ``at`` ends a phrase. Followed by a space it does; at the very end
+    of what the LLM has written so far it does too (the reply starts a token sooner), unless
+    the next token may still continue it: a number ("1,500", "3.5") or an abbreviation
+    ("Dr.")."""
+    if at + 1 < len(text):
+        return True
+    before = text[:at]
+    if before[-1:].isdigit():
+        return False
+    if text[at] == "." and before.split()[-1:] and before.split()[-1].lower() in _ABBREVIATION:
+        return False
+    return True
 
 
 def early_cut(text: str, max_words: int = FIRST_PIECE_WORDS) -> int | None:
     """Where the reply's opening piece can end, as soon as the LLM has written it.
 
-    At the first clause or sentence mark within ``max_words + 1`` words; otherwise after
-    ``max_words`` complete words once one more has come (one more again when the cut would
-    end on a word like "the" or "to"); ``None`` while it is too early to tell.
+    At the first clause or sentence mark within ``max_words + 1`` words, as soon as the mark is
+    written; otherwise after ``max_words`` complete words once one more has come (one more
+    again when the cut would end on a word like "the" or "to"); ``None`` while it is too early
+    to tell.
     """
-    m = _HEAD_END.search(text)
+    m = next((m for m in _HEAD_END.finditer(text) if _mark_ends_phrase(text, m.start())), None)
     if m is not None and len(text[: m.start()].split()) <= max_words + 1:
         return m.end()
     words = list(re.finditer(r"\S+(?=\s)", text))
