@@ -149,3 +149,45 @@ def test_a_mark_at_the_end_of_the_words_so_far_cuts_at_once(
     cut = early_cut(written)
     assert (written[:cut].strip() if cut else None) == first_piece
 
+
+async def test_an_opener_said_before_plays_from_the_piece_cache(
+    module_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply opening with a phrase this voice made before is not synthesised again: its
+    piece comes from the cache, the same samples synthesis makes, and the rest is made."""
+    tts = load_tts(module_settings)  # its own cache
+    made: list[str] = []
+    synthesize = tts.synthesize_async
+
+    async def counting(text: str, *args: object) -> np.ndarray:
+        made.append(text)
+        return await synthesize(text)
+
+    monkeypatch.setattr(tts, "synthesize_async", counting)
+    openers = ["Sure,", "Sure,", "A piece far too long to be kept here."]
+    assert await tts.prepare_pieces(openers) == 1
+    assert made == ["Sure,"]
+    made.clear()
+    pcm, _, _ = await _collect(tts, "Sure, we open at noon on Sundays.")
+    assert made and "Sure," not in made, made
+    assert tts.pieces.hits == 1
+    direct = tts.synthesize_pcm("Sure,")
+    assert np.array_equal(pcm[: direct.size], direct)
+
+
+def test_the_piece_cache_keeps_short_pieces_and_forgets_the_oldest() -> None:
+    from plugins.kokoro.tts import PieceCache
+
+    cache = PieceCache(max_entries=2, max_words=3)
+    one = np.ones(10, np.int16)
+    cache.put("v", 1.0, "Sure,", one)
+    cache.put("v", 1.0, "Yes,", one)
+    cache.put("v", 1.0, "four words are too many", one)
+    assert len(cache) == 2
+    assert cache.get("v", 1.0, "Sure,") is not None  # now the most recently used
+    assert cache.get("w", 1.0, "Sure,") is None and cache.get("v", 1.1, "Sure,") is None
+    cache.put("v", 1.0, "Okay.", one)
+    assert cache.get("v", 1.0, "Yes,") is None and cache.get("v", 1.0, "Sure,") is not None
+    off = PieceCache(max_entries=0)
+    off.put("v", 1.0, "Sure,", one)
+    assert off.get("v", 1.0, "Sure,") is None

@@ -288,6 +288,15 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
                 models.phrases = Phrases(models.session_tts)
                 await models.phrases.prepare(fixed_lines(settings.agent))
                 logger.info("prepared the fixed lines in %.2fs", time.perf_counter() - t)
+            pieces = getattr(models.tts, "pieces", None)  # Kokoro, in process or on a server
+            if pieces is not None:
+                pieces.max_entries = settings.tts.piece_cache
+                t = time.perf_counter()
+                from .prompt import likely_openers
+
+                openers = [*settings.tts.openers, *likely_openers(settings.agent)]
+                made = await models.tts.prepare_pieces(openers)
+                logger.info("prepared %d reply openers in %.2fs", made, time.perf_counter() - t)
         if "llm" in wanted:
             models.router = make_router(settings)
         if "llm" in wanted:

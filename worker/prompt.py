@@ -207,6 +207,25 @@ def example_turns(agent: AgentSettings, tools: Collection[str]) -> list[llm.Chat
     return items
 
 
+def likely_openers(agent: AgentSettings) -> list[str]:
+    """The first pieces of the example replies, as the TTS cuts them: a 0.5B model opens its
+    own replies the same way ("Sorry,", "That's booked"), so they are worth having ready."""
+    from plugins.kokoro.tts import early_cut
+
+    tools = ("end_call", "make_booking", "transfer_to_human")
+    out: list[str] = []
+    for item in example_turns(agent, tools):
+        if isinstance(item, llm.ChatMessage) and item.role == "assistant" and item.text_content:
+            text = item.text_content
+            if text == agent.greeting:
+                continue
+            cut = early_cut(text + " ")
+            piece = (text[:cut] if cut else text).strip()
+            if piece and piece not in out:
+                out.append(piece)
+    return out
+
+
 def _example_booking(
     facts: BusinessFacts,
 ) -> tuple[str, str, tuple[str, dict[str, object], str]] | None:

@@ -194,6 +194,22 @@ class TTSSettings(BaseModel):
         description="Synthesise the fixed lines (greeting, goodbye, transfer notice, closing) "
         "once at load and replay them, so a call's greeting starts at once.",
     )
+    piece_cache: int = Field(
+        256,
+        ge=0,
+        description="Short reply pieces (up to six words) Kokoro keeps once made, per voice: "
+        'a reply opening with a phrase said before ("Sure,", "I\'m sorry,") plays at once. '
+        "0 turns the cache off.",
+    )
+    openers: list[str] = Field(
+        default_factory=lambda: [
+            "Sure,", "Sure.", "Yes,", "Yes.", "No,", "Okay,", "Of course.", "Of course,",
+            "Certainly!", "Sorry,", "I'm sorry,", "Great!", "Thank you!", "You're welcome!",
+            "Absolutely!", "Hello!",
+        ],
+        description="Reply openers synthesised into the piece cache at load, besides the first "
+        "words of the prompt's example replies (which the LLM imitates).",
+    )  # fmt: skip
     orpheus_url: str | None = Field(
         None, description="Orpheus's OpenAI-compatible base URL; or set `router.redis_url`."
     )
