@@ -226,6 +226,51 @@ async def test_the_call_prompt_is_cached_before_the_first_turn(
     assert first.prompt_ms < 4 * max(t.prompt_ms for t in later) + 500, (first, later)
 
 
+async def test_the_callers_words_are_read_while_they_are_still_talking(
+    default_llm_settings: Settings,
+) -> None:
+    """With ``llm.prefill_while_speaking`` the agent sends the words heard so far (an interim
+    transcript) for one token, so the reply's request reads only the rest. Checked on the
+    server's own log: a turn after such a request reads fewer prompt tokens than a turn of
+    the same shape without one (control, same call, one word apart)."""
+    from livekit.agents import AgentSession
+
+    from worker.agent import VoiceAgent
+    from worker.evals import EvalCall
+    from worker.facts import load_facts
+    from worker.models import load_models
+
+    settings = default_llm_settings
+    settings.agent.facts = load_facts(EVALS / "restaurant.facts.yaml")
+    models = await load_models(settings, ("llm",))
+    server = models.embedded_llm
+    assert server is not None and models.llm is not None
+    agent = VoiceAgent(settings.agent, call=EvalCall("prefill"), prefill=True)
+    session: AgentSession[None] = AgentSession(llm=models.llm)
+    control = "Do you have any vegetarian dishes on the menu tonight?"
+    said = "Do you have any vegan dishes on the menu tonight?"
+    try:
+        await session.start(agent)
+        if session.current_speech is not None:
+            await session.current_speech.wait_for_playout()
+        await agent.llm_cache_warm()
+        await session.run(user_input=control)
+        before = len(server.prompt_evals())
+        agent._prefill_words("Do you have any vegan dishes on the...")  # an interim, mid-turn
+        assert agent._prefilling is not None
+        await agent._prefilling
+        await session.run(user_input=said)
+    finally:
+        await session.aclose()
+        await models.aclose()
+    evals = server.prompt_evals()
+    first_turn = evals[before - 1]
+    prefill, turn = evals[before:]
+    assert agent.prefills == 1
+    assert prefill.evaluated_tokens >= 8, f"the prefill read the caller's words: {prefill}"
+    assert turn.evaluated_tokens <= first_turn.evaluated_tokens - 5, (first_turn, prefill, turn)
+
+
 async def test_the_embedded_build_answers_without_amx(default_llm_settings: Settings) -> None:
     """llama.cpp's AMX kernels crash on the first request on some Intel machines (a CI machine
     hit it: every request ended the server with SIGSEGV); setup builds it without them."""

@@ -84,6 +84,7 @@ class VoiceAgent(Agent):
         warm_transfer: bool = False,
         keypad: bool = False,
         phrases: Phrases | None = None,
+        prefill: bool = False,
     ) -> None:
         tools = []
         if call is not None:
@@ -109,6 +110,10 @@ class VoiceAgent(Agent):
         self._backchannels = backchannels
         self._speculation = speculation
         self._turn_veto = turn_veto
+        self._prefill = prefill
+        self._prefilling: asyncio.Task[None] | None = None
+        self.prefills = 0
+        """Requests that had the LLM read the caller's words while they were still talking."""
         self.llm_failures = 0
         self.on_backchannel: Callable[[str], None] | None = None
 
@@ -375,11 +380,13 @@ class VoiceAgent(Agent):
         self._warm_sent = True
         await self._send_warm_up(model, self.chat_ctx.copy())
 
-    async def _send_warm_up(self, model: OpenAICompatLLM, ctx: llm.ChatContext) -> None:
+    async def _send_warm_up(
+        self, model: OpenAICompatLLM, ctx: llm.ChatContext, *, greeting: bool = True
+    ) -> None:
         """Send ``ctx`` (instructions and history) as the next turn would send it, the
         greeting included, for one token: the server keeps what it read in its cache."""
         said = [m.text_content for m in ctx.messages() if m.role == "assistant"]
-        if self._settings.greeting and self._settings.greeting not in said:
+        if greeting and self._settings.greeting and self._settings.greeting not in said:
             # the framework adds the greeting to the history once it has played, which may
             # be just before or just after this runs: the turn's prompt has it once
             ctx.add_message(role="assistant", content=self._settings.greeting)
@@ -396,6 +403,32 @@ class VoiceAgent(Agent):
                     pass
         except Exception as e:  # only an optimisation: the turn itself reports failures
             logger.debug("warming the LLM cache failed: %s", e)
+
+    def _prefill_words(self, words: str) -> None:
+        """While the caller is still talking, have the LLM server read the turn so far.
+
+        The turn's request is the history, then the caller's words, then their note; the
+        server keeps what it read and reuses the longest common start. So reading the words
+        heard so far (for one token) while the caller speaks leaves only the last words, the
+        note and the reply's opening to read once they stop: ~10 tokens instead of ~20, about
+        0.1 s off the first token on 2 cores. At most one such request is in flight per call,
+        none while a reply plays (then the words are a barge-in, not a turn), and it runs at
+        the server's priority, below the STT's interim decodes.
+        """
+        model = self.session.llm
+        words = words.strip().rstrip(".…").strip()
+        if (
+            not isinstance(model, OpenAICompatLLM)
+            or len(words.split()) < 3
+            or (self._prefilling is not None and not self._prefilling.done())
+            or self._reply_active()
+            or self._gated
+        ):
+            return
+        ctx = self.chat_ctx.copy()
+        ctx.add_message(role="user", content=words)
+        self.prefills += 1
+        self._prefilling = asyncio.create_task(self._send_warm_up(model, ctx, greeting=False))
 
     def _reply_active(self) -> bool:
         speech = self.session.current_speech
@@ -419,6 +452,13 @@ class VoiceAgent(Agent):
                     self._turn_veto.note("")
                 elif ev.type in _TRANSCRIPTS and ev.alternatives:
                     self._turn_veto.note(ev.alternatives[0].text)
+            if (
+                self._prefill
+                and isinstance(ev, stt.SpeechEvent)
+                and ev.type == stt.SpeechEventType.INTERIM_TRANSCRIPT
+                and ev.alternatives
+            ):
+                self._prefill_words(ev.alternatives[0].text)
             if self._speculation is not None and isinstance(ev, stt.SpeechEvent):
                 if ev.type == stt.SpeechEventType.PREFLIGHT_TRANSCRIPT and ev.alternatives:
                     self._speculation.preflight = ev.alternatives[0].text

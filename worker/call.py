@@ -173,6 +173,7 @@ async def run_call(
         warm_transfer=call.transport == "livekit-sip" and settings.livekit.warm_transfer,
         keypad=settings.agent.keypad_tool and call.transport in ("sip", "livekit-sip"),
         phrases=models.phrases,
+        prefill=ours and settings.llm.prefill_while_speaking,
     )  # fmt: skip
     agent.on_backchannel = observer.backchannel_heard
     if on_agent is not None:

@@ -304,6 +304,12 @@ class LLMSettings(BaseModel):
         "happens while synthesis waits for the first words, so it may take both cores.",
     )
     embedded_ctx: int = Field(4096, description="Context length of the embedded server.")
+    prefill_while_speaking: bool = Field(
+        True,
+        description="Have the LLM server read the caller's words (one-token requests on the "
+        "interim transcripts) while they are still talking, so the reply's request finds most "
+        "of its prompt cached.",
+    )
     embedded_nice: int = Field(
         19,
         ge=0,

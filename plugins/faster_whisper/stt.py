@@ -347,7 +347,11 @@ class SpeechStream(stt.RecognizeStream):
                 utt.decoded_samples = utt.samples
                 pcm = np.concatenate(utt.chunks)[-30 * SAMPLE_RATE :]
                 words = await self._hear(pcm)
-                if words.text and not utt.finalising and self._utt is utt:
+                # not once the silence has started the early final: that decode covers the
+                # same audio and more and is moments away, and the caller has stopped, so
+                # nobody should act on these words any more (the agent reads the LLM prompt
+                # ahead on interims; one sent now would race the reply's own request)
+                if words.text and not utt.finalising and self._utt is utt and utt.early is None:
                     self._emit(stt.SpeechEventType.INTERIM_TRANSCRIPT, utt, words)
 
         vad_task = asyncio.create_task(on_vad())
