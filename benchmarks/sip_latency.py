@@ -12,9 +12,11 @@ Voice-to-voice is the time from the last frame of a caller line leaving the call
 first voiced frame of the reply arriving; time to greeting from the call being answered (the
 SIP 200 OK, the stream's ``start`` event) to the greeting's first voiced frame. The caller is
 espeak-ng en-us unless ``--caller`` names a voice of ``callers.py`` ("kokoro:bf_emma",
-"piper:joe", "espeak:en-gb:140"), whose lines are rendered once before the runs.
+"piper:joe", "espeak:en-gb:140"), whose lines are rendered once before the runs, or
+``--split held-back`` (or ``tuning``) takes a different voice of that set for every run (the
+three transports of a run share it), so the figures are over many callers no tuning saw.
 
-    python benchmarks/sip_latency.py [--runs 3] [--caller VOICE] [--out FILE.json]
+    python benchmarks/sip_latency.py [--runs 3] [--caller VOICE | --split SET] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -267,23 +269,33 @@ def _summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-def _caller(name: str | None) -> tuple[Voice, str]:
-    if name is None:
-        return CallerVoice("en-us"), "espeak:en-us"
+def _callers(name: str | None, split: str | None, runs: int) -> list[tuple[Voice, str]]:
+    """One caller per run: espeak-ng en-us, the named voice, or a spread of a corpus set."""
+    if name is None and split is None:
+        return [(CallerVoice("en-us"), "espeak:en-us")] * runs
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from callers import Corpus
 
-    rendered = {line: Corpus.load().render(line, name, "16k") for line in LINES}
-    return rendered.__getitem__, name
+    corpus = Corpus.load()
+    if split is not None:
+        pool = corpus.voices(split)  # type: ignore[arg-type]
+        names = [pool[(i * 7) % len(pool)] for i in range(runs)]  # spread over the set
+    else:
+        names = [name or ""] * runs
+    out: list[tuple[Voice, str]] = []
+    for n in names:
+        rendered = {line: corpus.render(line, n, "16k") for line in LINES}
+        out.append((rendered.__getitem__, n))
+    return out
 
 
-async def main(runs: int, out: Path, caller: str | None = None) -> None:
+async def main(runs: int, out: Path, caller: str | None = None, split: str | None = None) -> None:
     settings = load_settings()
     models = await load_models(settings)
     local = LocalServer(models)
     port = free_port()
     await local.start("127.0.0.1", port)  # the HTTP server, for Twilio's WebSocket
-    voice, caller_name = _caller(caller)
+    callers = _callers(caller, split, runs)
     kinds = ("sip", "twilio", "loopback")
     v2v: dict[str, list[float]] = {k: [] for k in kinds}
     greetings: dict[str, list[float]] = {k: [] for k in kinds}
@@ -292,6 +304,7 @@ async def main(runs: int, out: Path, caller: str | None = None) -> None:
     started = time.time()
     try:
         for run in range(runs):
+            voice, caller_name = callers[run]
             order = kinds[run % 3 :] + kinds[: run % 3]  # each transport first once in three
             for kind in order:
                 before = set(settings.calls_dir.glob("*.jsonl"))
@@ -306,11 +319,12 @@ async def main(runs: int, out: Path, caller: str | None = None) -> None:
                 if greeting is not None:
                     greetings[kind].append(greeting)
                 per_run.append(
-                    {"run": run, "transport": kind, "voice_to_voice_ms": v,
-                     "time_to_greeting_ms": greeting}
+                    {"run": run, "transport": kind, "caller": caller_name,
+                     "voice_to_voice_ms": v, "time_to_greeting_ms": greeting}
                 )  # fmt: skip
-                print(f"run {run + 1}/{runs} {kind}: {[round(x) for x in v]} ms, greeting "
-                      f"{greeting and round(greeting)} ms", file=sys.stderr)  # fmt: skip
+                print(f"run {run + 1}/{runs} {kind} ({caller_name}): {[round(x) for x in v]} ms, "
+                      f"greeting {greeting and round(greeting)} ms", file=sys.stderr)  # fmt: skip
+        opened = list(getattr(models.tts, "openings", [0, 0]))
     finally:
         await local.stop()
         await models.aclose()
@@ -329,12 +343,14 @@ async def main(runs: int, out: Path, caller: str | None = None) -> None:
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "runs": runs,
         "lines": LINES,
-        "caller": caller_name,
+        "caller": split or caller or "espeak:en-us",
+        "callers": sorted({c for _, c in callers}),
         "sip": s_sip,
         "in_process": s_loop,
         "twilio": summaries["twilio"],
         "p50_ratio_sip_over_in_process": ratio,
         "stage_medians_ms": stages,
+        "replies_opened_from_the_piece_cache": {"replies": opened[0], "from_cache": opened[1]},
         "per_run": per_run,
     }
     _write(out, doc)
@@ -346,6 +362,7 @@ async def main(runs: int, out: Path, caller: str | None = None) -> None:
         print(f"| {name} | {s['turns']} | {s['p50_ms']} ms | {s['p95_ms']} ms "
               f"| {s['time_to_greeting_p50_ms']} ms |")  # fmt: skip
     print(f"\nP50 ratio SIP / in-process: {ratio}  (written to {out})")
+    print(f"replies whose first piece came from the piece cache: {opened[1]} of {opened[0]}")
     print("\n| stage (median ms) | " + " | ".join(stages) + " |")
     print("|---|" + "---|" * len(stages))
     for key, label in [*STAGES, ("at_the_caller_ms", "first audio heard by the caller")]:
@@ -363,7 +380,9 @@ def _write(out: Path, doc: dict[str, Any]) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--caller", help='a voice of benchmarks/callers.py, e.g. "kokoro:bf_emma"')
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--caller", help='a voice of benchmarks/callers.py, e.g. "kokoro:bf_emma"')
+    who.add_argument("--split", choices=["held-back", "tuning"], help="a voice of the set per run")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sip_latency.json")
     a = p.parse_args()
-    asyncio.run(main(a.runs, a.out, a.caller))
+    asyncio.run(main(a.runs, a.out, a.caller, a.split))

@@ -185,6 +185,8 @@ class TTS(tts.TTS):
             raise ValueError(f"Kokoro speed must be between 0.5 and 2.0, got {opts.speed}")
         self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
         self.pieces = PieceCache()
+        self.openings = [0, 0]
+        """Replies begun, and how many of them with a piece from the cache (benchmarks)."""
 
     @property
     def voices(self) -> list[str]:
@@ -222,10 +224,13 @@ class TTS(tts.TTS):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(_pool(), self.synthesize_pcm, text, voice, speed)
 
-    async def piece_audio(self, text: str) -> np.ndarray:
+    async def piece_audio(self, text: str, *, opening: bool = False) -> np.ndarray:
         """A reply piece's samples: from the piece cache when this voice said it before."""
         voice, speed = self._opts.voice, self._opts.speed
         pcm = self.pieces.get(voice, speed, text)
+        if opening:
+            self.openings[0] += 1
+            self.openings[1] += pcm is not None
         if pcm is None:
             pcm = await self.synthesize_async(text)
             self.pieces.put(voice, speed, text, pcm)
@@ -303,11 +308,12 @@ class SynthesizeStream(tts.SynthesizeStream):
         segment_open = False
         try:
             while (piece := await pieces.get()) is not None:
+                opening = not segment_open
                 if not segment_open:
                     output_emitter.start_segment(segment_id=request_id)
                     segment_open = True
                 self._mark_started()
-                pcm = await self._kokoro_tts.piece_audio(piece)
+                pcm = await self._kokoro_tts.piece_audio(piece, opening=opening)
                 if pcm.size:
                     output_emitter.push(pcm.tobytes())
             if segment_open:
@@ -336,6 +342,7 @@ class RemoteTTS(TTS):
         self._opts = KokoroOptions(model_path="", voices_path="", voice=voice, speed=speed)
         self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
         self.pieces = PieceCache()
+        self.openings = [0, 0]
         self._http = LoopSessions()
 
     @property
