@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from livekit.agents import APIConnectionError
 
 from plugins.kokoro import TTS, UnknownVoiceError
 from plugins.kokoro.tts import early_cut
@@ -173,6 +174,35 @@ async def test_an_opener_said_before_plays_from_the_piece_cache(
     assert tts.pieces.hits == 1
     direct = tts.synthesize_pcm("Sure,")
     assert np.array_equal(pcm[: direct.size], direct)
+
+
+async def test_no_cached_opener_while_synthesis_fails(
+    module_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a synthesis has failed, a reply's cached opener is not played: the reply fails from
+    its first piece, so the fallback TTS speaks all of it instead of the caller hearing only
+    "Sure,". The cache serves again after the next synthesis that works."""
+    tts = load_tts(module_settings)
+    assert await tts.prepare_pieces(["Sure,"]) == 1
+    synthesize = tts.synthesize_async
+    broken = True
+
+    async def flaky(text: str, *args: object) -> np.ndarray:
+        if broken:
+            raise APIConnectionError("kokoro is down")
+        return await synthesize(text)
+
+    monkeypatch.setattr(tts, "synthesize_async", flaky)
+    with pytest.raises(APIConnectionError):
+        await tts.piece_audio("we open at noon.")
+    with pytest.raises(APIConnectionError):  # the opener too, though it is cached
+        await tts.piece_audio("Sure,", opening=True)
+    assert tts.openings == [1, 0]
+    broken = False
+    await tts.piece_audio("we open at noon.")
+    hits = tts.pieces.hits
+    await tts.piece_audio("Sure,", opening=True)
+    assert tts.pieces.hits == hits + 1 and tts.openings == [2, 1]
 
 
 def test_the_piece_cache_keeps_short_pieces_and_forgets_the_oldest() -> None:

@@ -186,6 +186,7 @@ class TTS(tts.TTS):
         self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
         self.pieces = PieceCache()
         self.openings = [0, 0]
+        self._failing = False
         """Replies begun, and how many of them with a piece from the cache (benchmarks)."""
 
     @property
@@ -225,14 +226,24 @@ class TTS(tts.TTS):
         return await loop.run_in_executor(_pool(), self.synthesize_pcm, text, voice, speed)
 
     async def piece_audio(self, text: str, *, opening: bool = False) -> np.ndarray:
-        """A reply piece's samples: from the piece cache when this voice said it before."""
+        """A reply piece's samples: from the piece cache when this voice said it before.
+
+        Not while synthesis is failing: a cached opener played before the next piece fails
+        would leave the caller a lone "Sure," (the fallback TTS does not take over a segment
+        that has audio). Failing from its first piece, the reply goes whole to the fallback.
+        """
         voice, speed = self._opts.voice, self._opts.speed
-        pcm = self.pieces.get(voice, speed, text)
+        pcm = None if self._failing else self.pieces.get(voice, speed, text)
         if opening:
             self.openings[0] += 1
             self.openings[1] += pcm is not None
         if pcm is None:
-            pcm = await self.synthesize_async(text)
+            try:
+                pcm = await self.synthesize_async(text)
+            except Exception:
+                self._failing = True
+                raise
+            self._failing = False
             self.pieces.put(voice, speed, text, pcm)
         return pcm
 
@@ -343,6 +354,7 @@ class RemoteTTS(TTS):
         self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
         self.pieces = PieceCache()
         self.openings = [0, 0]
+        self._failing = False
         self._http = LoopSessions()
 
     @property
