@@ -11,7 +11,7 @@ import pytest
 from plugins.vllm.tool_text import ToolCallSplitter
 from worker.booking import check_booking, parse_party, parse_time
 from worker.facts import BusinessFacts, FactsError, load_facts, spoken_time
-from worker.prompt import build_instructions, example_turns, forced_tool, turn_note
+from worker.prompt import build_instructions, example_turns, forced_tool, likely_openers, turn_note
 from worker.settings import AgentSettings, SettingsError, load_settings
 
 EVALS = Path(__file__).parent / "evals"
@@ -163,3 +163,16 @@ def test_plain_words_pass_through_as_they_arrive() -> None:
     assert splitter.feed("Hello") == "Hello"
     assert splitter.feed(" there <to") == " there "
     assert splitter.feed("day") == "<today"
+
+
+def test_the_openers_made_at_load_are_the_example_replies_first_pieces(
+    restaurant: BusinessFacts,
+) -> None:
+    """The piece cache is filled with how the prompt's example replies open, cut as the TTS
+    cuts them: the small model opens its own replies the same way."""
+    agent = AgentSettings(facts=restaurant)
+    openers = likely_openers(agent)
+    assert "Sorry," in openers and "I'm sorry," in openers
+    assert all(len(o.split()) <= 6 for o in openers)
+    assert agent.greeting not in openers
+    assert likely_openers(AgentSettings()) == []  # no facts: no examples to learn from
