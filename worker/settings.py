@@ -335,7 +335,13 @@ class TurnSettings(BaseModel):
         "to the caller's pauses.",
     )
     min_endpointing_delay: float = Field(
-        0.4, description="Minimum silence (s) before a turn can be committed."
+        1.0,
+        description="Minimum silence (s) after the VAD's last speech before a turn can be "
+        "committed. The reply is ready ~0.6 s after the caller stops (speculation, cached "
+        "openers), so this is when it plays: at 0.4 s and at 0.8 s the end-of-turn model's "
+        "false 'finished' on a 0.45 s pause after 'I would like to book a table' was answered "
+        "in 2 of 3 harness runs, at 1.0 s in none. Lower it for snappier replies where callers "
+        "rarely pause mid-sentence.",
     )
     max_endpointing_delay: float = Field(
         1.2,
