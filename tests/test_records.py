@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,33 @@ def test_card_and_phone_numbers_are_redacted_when_asked(tmp_path: Path) -> None:
     assert turn["text"] == "Card [card], call me on [phone]; booking 12345 for 2026."
     # a 16-digit number that fails the Luhn check is not a card
     assert records.redact("ref 1234 5678 9012 3456") == "ref 1234 5678 9012 3456"
+
+
+def test_a_reader_that_leaves_stops_the_listing_quietly(tmp_path: Path) -> None:
+    """`python -m worker calls | head`: the reader closes the pipe before the listing is
+    written; the command ends without a traceback."""
+    rec = records.CallRecord(tmp_path / "calls", "a")
+    rec.start("loopback")
+    rec.end("hangup")
+    read, write = os.pipe()
+    os.close(read)  # gone before the command (a new interpreter) writes its first line
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "worker", "calls", "--data-dir", str(tmp_path)],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert res.returncode == 141, res.stderr
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+
+
+def test_the_worker_is_not_killed_by_sigpipe() -> None:
+    """A worker writing to a socket its peer has closed (a caller's WebSocket, a model server
+    being restarted) must get an error for that write, not die of SIGPIPE: importing the CLI
+    (every `python -m worker` command, the dev worker included) leaves the signal ignored."""
+    code = "import signal, worker.cli; print(signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "True", out.stdout + out.stderr

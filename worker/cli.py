@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -162,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # whoever read our output left (`calls | head`): stop quietly, as a filter does. The
+        # process keeps Python's SIGPIPE handling (ignored, an error on the write): a worker
+        # whose peer closes a socket must get an error, not be killed by the signal
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -594,6 +602,3 @@ _COMMANDS = {
     "harness": cmd_harness,
     "eval": cmd_eval,
 }
-
-with contextlib.suppress(Exception):
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
