@@ -186,8 +186,9 @@ class TTS(tts.TTS):
         self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
         self.pieces = PieceCache()
         self.openings = [0, 0]
-        self._failing = False
         """Replies begun, and how many of them with a piece from the cache (benchmarks)."""
+        self._failing = False
+        """The last synthesis failed: no cached piece is served until one works."""
 
     @property
     def voices(self) -> list[str]:
