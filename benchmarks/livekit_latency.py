@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from infra import livekit as stack  # noqa: E402
-from plugins.llama_cpp.server import free_port  # noqa: E402
+from plugins.net import free_port  # noqa: E402
 from tests.livekit_caller import RoomCaller  # noqa: E402
 from tests.sip_tools import SipCaller  # noqa: E402
 from worker.audio import read_wav, resample  # noqa: E402

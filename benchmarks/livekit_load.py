@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.livekit_latency import LINES, pct, rtc_call, speak  # noqa: E402
 from infra import livekit as stack  # noqa: E402
-from plugins.llama_cpp.server import free_port  # noqa: E402
+from plugins.net import free_port  # noqa: E402
 
 
 def tree_rss(proc: psutil.Process) -> int:

@@ -34,7 +34,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from plugins.llama_cpp.server import free_port  # noqa: E402
+from plugins.net import free_port  # noqa: E402
 from tests.sip_tools import caller_scenario, free_udp_port, run_sipp, wav_to_pcap  # noqa: E402
 from worker import records  # noqa: E402
 

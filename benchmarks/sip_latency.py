@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from plugins.llama_cpp.server import free_port  # noqa: E402
+from plugins.net import free_port  # noqa: E402
 from telephony import g711  # noqa: E402
 from telephony.loopback import LoopbackCall  # noqa: E402
 from telephony.sip import SipServer  # noqa: E402

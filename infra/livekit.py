@@ -36,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+from plugins.net import free_port
+
 
 @dataclass(frozen=True)
 class GoBinary:
@@ -161,12 +163,6 @@ def _go(b: GoBinary, argv: list[str], cwd: str, env: dict[str, str], start: floa
             _log(f"  {b.name}: {what}, {last - start:.0f} s")
     if proc.wait() != 0:
         raise StackError(f"building {b.name} failed ({' '.join(argv[:2])}):\n" + "\n".join(tail))
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

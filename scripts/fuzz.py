@@ -519,7 +519,7 @@ async def _post_all(
 async def fuzz_offer(rng: random.Random, n: int, rep: Report) -> None:
     import aiohttp
 
-    from plugins.llama_cpp.server import free_port
+    from plugins.net import free_port
 
     server = _server_without_models(max_calls=10_000)
     port = free_port()
@@ -564,7 +564,7 @@ async def fuzz_bursts(rep: Report, rounds: int = 10, limit: int = 4) -> None:
     """Offers and Twilio streams at once, three times the limit: exactly the limit admitted."""
     import aiohttp
 
-    from plugins.llama_cpp.server import free_port
+    from plugins.net import free_port
 
     hold = asyncio.Event()
     server = _server_without_models(max_calls=limit, hold=hold)

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 
 
 async def tool_calling_llm(

@@ -15,7 +15,7 @@ from livekit.protocol import agent_dispatch as dispatch_pb
 from livekit.protocol import room as room_pb
 from livekit.protocol import sip as sip_pb
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 
 KEY, SECRET = "devkey", "devsecret-devsecret-devsecret-0123"
 

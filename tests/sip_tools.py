@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from plugins.net import free_port
 from telephony import g711
 from worker.audio import read_wav, resample
 
@@ -22,9 +23,7 @@ DTMF_PCAPS = Path("/usr/share/sip-tester")
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port(kind=socket.SOCK_DGRAM)
 
 
 def write_rtp_pcap(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from worker import records
 
 pytestmark = [pytest.mark.models, pytest.mark.browser, pytest.mark.slow]

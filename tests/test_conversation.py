@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from telephony.loopback import LoopbackCall
 from worker import records
 from worker.audio import resample

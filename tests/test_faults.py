@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from livekit.agents import APIConnectionError
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from plugins.vllm import llm as vllm_llm
 from telephony.loopback import LoopbackCall
 from worker import records

@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from telephony import sdp, twilio, wire
 from telephony.sip import SipConfig, SipServer
 from telephony.sip_message import SipParseError, parse

@@ -83,7 +83,7 @@ def _cli(server: FakeLiveKit, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LIVEKIT_URL": server.url.replace("http", "ws"),
            "LIVEKIT_API_KEY": KEY, "LIVEKIT_API_SECRET": SECRET,
            "MAIN_LINE_SIP_PASSWORD": "trunk-s3cret"}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "telephony", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
 
@@ -114,7 +114,7 @@ async def test_provision_rejects_a_bad_file(tmp_path: Path) -> None:
 
 async def test_outbound_call_dispatches_the_agent_and_dials(livekit: FakeLiveKit) -> None:
     proc = await asyncio.to_thread(
-        _cli, livekit, "call", "+15557654321", "--trunk", "ST_out", "--room", "out-1"
+        _cli, livekit, "dial", "+15557654321", "--trunk", "ST_out", "--room", "out-1"
     )
     assert proc.returncode == 0, proc.stderr
     (dispatch,) = livekit.calls("CreateDispatch")

@@ -30,7 +30,7 @@ from livekit import api
 from pydantic import SecretStr
 
 from infra import livekit as stack
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from worker import records
 from worker.audio import read_wav, resample
 from worker.settings import Settings
@@ -287,12 +287,12 @@ dispatch_rules:
 
 
 def provision(conf: stack.StackConfig, tmp_path: Path) -> str:
-    """`python -m telephony provision` against the real server, as an operator runs it."""
+    """`python -m worker provision` against the real server, as an operator runs it."""
     spec = tmp_path / "sip.yaml"
     spec.write_text(SIP_SPEC)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
     out = subprocess.run(
-        [sys.executable, "-m", "telephony", "provision", str(spec)],
+        [sys.executable, "-m", "worker", "provision", str(spec)],
         env={**env, **conf.env()}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -384,7 +384,7 @@ def test_provisioning_a_file_the_server_refuses_says_what_and_why(
     env.update(livekit_stack.env())
 
     def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "telephony", "provision", str(spec)],
+        return subprocess.run([sys.executable, "-m", "worker", "provision", str(spec)],
                               env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
 
     out = run()
@@ -433,7 +433,7 @@ def _provision_text(conf: stack.StackConfig, spec_text: str, where: Path) -> Non
     spec = where / "sip.yaml"
     spec.write_text(spec_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
-    subprocess.run([sys.executable, "-m", "telephony", "provision", str(spec)],
+    subprocess.run([sys.executable, "-m", "worker", "provision", str(spec)],
                    env={**env, **conf.env()}, check=True, capture_output=True)  # fmt: skip
 
 
@@ -833,7 +833,7 @@ async def _outbound_trunk(lk: api.LiveKitAPI, port: int) -> str:
 def _telephony_call(conf: stack.StackConfig, trunk: str, room: str) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
     return subprocess.run(
-        [sys.executable, "-m", "telephony", "call", CALLEE, "--trunk", trunk, "--room", room],
+        [sys.executable, "-m", "worker", "call", CALLEE, "--trunk", trunk, "--room", room],
         env={**env, **conf.env()}, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
 

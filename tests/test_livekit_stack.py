@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from infra import livekit as stack
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ import pytest_asyncio
 from livekit.agents import APIConnectionError, APIConnectOptions, llm
 
 from plugins.llama_cpp import EmbeddedLLMServer
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from plugins.vllm import LLM, LLMOptions
 from worker import assets
 from worker.settings import Settings

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from worker.local.server import LocalServer
 from worker.models import Models
 from worker.settings import Settings

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from worker import records
 from worker.audio import read_wav, resample
 

@@ -19,7 +19,7 @@ from plugins.faster_whisper.remote import RemoteSTT
 from plugins.faster_whisper.server import STTServer
 from plugins.kokoro.server import KokoroServer
 from plugins.kokoro.tts import RemoteTTS
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from worker.audio import read_wav, resample
 from worker.models import load_models
 from worker.settings import Settings

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from telephony import g711, twilio
 from worker import records
 from worker.audio import resample

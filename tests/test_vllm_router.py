@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from livekit.agents import llm
 
 from infra.router import NodeInfo, NodeRegistration, Router, session_resolver
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from plugins.vllm import LLM, LLMOptions
 
 from .conftest import models_dir

@@ -18,7 +18,7 @@ from aiohttp import web
 from livekit.agents import AgentSession
 from livekit.agents.voice.run_result import RunResult
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from plugins.vllm import LLM, LLMOptions
 from worker.agent import VoiceAgent
 from worker.evals import EvalCall

@@ -11,7 +11,7 @@ import pytest_asyncio
 from livekit import api
 from pydantic import SecretStr
 
-from plugins.llama_cpp.server import free_port
+from plugins.net import free_port
 from worker.settings import Settings
 from worker.web.server import WebClientServer
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import assets, records
+from . import assets, ops, records
 from .settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     calls.add_argument(
         "--export", type=Path, metavar="DIR", help="write every call as DIR/<id>.json and .txt"
     )
+    ops.add_parsers(sub, common)
     return p
 
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return handler(settings, args)
-    except (CLIError, assets.AssetError, UnknownVoiceError, EmbeddedServerError) as e:
+    except (CLIError, ops.OpsError, assets.AssetError, UnknownVoiceError, EmbeddedServerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -578,14 +579,7 @@ async def _serve_web(settings: Settings) -> int:
     except OSError as e:
         raise CLIError(f"cannot listen on {settings.http.host}:{settings.http.port}: {e}") from e
     print(f"open http://{settings.http.host}:{settings.http.port}/ (Ctrl+C to stop)", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
+    await ops.serve_until_signalled(server.stop)
     return 0
 
 
@@ -601,4 +595,5 @@ _COMMANDS = {
     "web": cmd_web,
     "harness": cmd_harness,
     "eval": cmd_eval,
+    **ops.COMMANDS,
 }

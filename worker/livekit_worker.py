@@ -103,17 +103,12 @@ _calls = CallSlots(4)
 _guardian: Guardian | None = None
 
 
-def _api_url(settings: Settings) -> str:
-    """The server's HTTP API address, from ``LIVEKIT_URL`` (ws:// or wss://)."""
-    return (settings.livekit.url or "").replace("wss://", "https://").replace("ws://", "http://")
-
-
 def api_factory(settings: Settings) -> Callable[[], api.LiveKitAPI]:
     lk = settings.livekit
 
     def make() -> api.LiveKitAPI:
         secret = lk.api_secret.get_secret_value() if lk.api_secret else None
-        return api.LiveKitAPI(_api_url(settings), lk.api_key, secret)
+        return api.LiveKitAPI(settings.livekit.api_url, lk.api_key, secret)
 
     return make
 
@@ -513,7 +508,7 @@ def run(settings: Settings, *, dev: bool) -> None:
     secret: Any = lk.api_secret.get_secret_value() if lk.api_secret else None
     global _guardian
     _guardian = Guardian({
-        "url": _api_url(settings),
+        "url": settings.livekit.api_url,
         "api_key": lk.api_key, "api_secret": secret, "agent_name": lk.agent_name,
         "resume": lk.resume_lost_calls, "resume_wait": lk.resume_wait,
     })  # fmt: skip

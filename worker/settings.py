@@ -147,7 +147,7 @@ class STTSettings(BaseModel):
 
     server_url: str | None = Field(
         None,
-        description="A shared STT server (`python -m plugins.faster_whisper.server`, "
+        description="A shared STT server (`python -m worker stt-server`, "
         "`ws://host:8091`); unset decodes in this process.",
     )
     model: str = Field(
@@ -226,7 +226,7 @@ class TTSSettings(BaseModel):
     device: str = Field("cpu", description="Where SNAC decodes: `cpu` or `cuda`.")
     server_url: str | None = Field(
         None,
-        description="A shared Kokoro server (`python -m plugins.kokoro.server`); unset "
+        description="A shared Kokoro server (`python -m worker tts-server`); unset "
         "synthesises in this process.",
     )
     model: str = Field(
@@ -595,6 +595,11 @@ class LiveKitSettings(BaseModel):
         "Sorry, we were cut off for a moment. I'm back. What were you saying?",
         description="What the agent that takes over a lost call says first.",
     )
+
+    @property
+    def api_url(self) -> str:
+        """The server's HTTP API address, from ``url`` (ws:// or wss://); "" when unset."""
+        return (self.url or "").replace("wss://", "https://").replace("ws://", "http://")
 
 
 class Settings(BaseSettings):

@@ -1,6 +1,6 @@
 """A shared streaming STT server: one GPU (or CPU) serves many workers' callers.
 
-    python -m plugins.faster_whisper.server [--host 127.0.0.1] [--port 8091] [--model PATH]
+    python -m worker stt-server [--host 127.0.0.1] [--port 8091] [--model PATH]
 
 ``POST /v1/transcribe`` takes up to 30 s of 16 kHz 16-bit PCM and returns ``{"text"}``.
 ``GET /v1/listen?sample_rate=16000&language=en`` upgrades to a WebSocket. The client sends
@@ -14,12 +14,10 @@ A malformed message closes that connection with code 1003 and a reason; others g
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
-import signal
 from typing import Any
 
 import numpy as np
@@ -45,7 +43,7 @@ _KINDS = {
 class STTServer:
     def __init__(self, stt: STT, *, max_streams: int = 64) -> None:
         self.stt = stt
-        self.batcher = BatchDecoder(stt._model, stt._opts.language)
+        self.batcher = BatchDecoder(stt.whisper, stt.language)
         stt.batcher = self.batcher
         self.max_streams = max_streams
         self.streams = 0
@@ -86,7 +84,7 @@ class STTServer:
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30)
         await ws.prepare(request)
         self.streams += 1
-        stream = self.stt.stream(language=request.query.get("language") or self.stt._opts.language)
+        stream = self.stt.stream(language=request.query.get("language") or self.stt.language)
 
         async def forward() -> None:
             async for ev in stream:
@@ -146,36 +144,3 @@ class STTServer:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.batcher.aclose()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from worker.models import load_stt
-    from worker.settings import load_settings
-
-    p = argparse.ArgumentParser(prog="python -m plugins.faster_whisper.server")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8091)
-    p.add_argument("--model", help="stt.model: an offline alias, a folder or a hub name")
-    p.add_argument("--device", help="cpu or cuda")
-    a = p.parse_args(argv)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, format=fmt)
-    overrides: dict[str, Any] = {k: v for k, v in (("model", a.model), ("device", a.device)) if v}
-    settings = load_settings(stt=overrides) if overrides else load_settings()
-
-    async def run() -> None:
-        server = STTServer(load_stt(settings))
-        await server.start(a.host, a.port)
-        print(f"STT server on ws://{a.host}:{a.port}/v1/listen", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(run())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

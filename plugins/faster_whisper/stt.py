@@ -163,6 +163,16 @@ class STT(stt.STT):
     def provider(self) -> str:
         return "faster-whisper"
 
+    @property
+    def whisper(self) -> Any:
+        """The loaded faster-whisper model (the shared server batches decodes on it)."""
+        return self._model
+
+    @property
+    def language(self) -> str:
+        """The language decoded unless a request names another."""
+        return self._opts.language
+
     def decode_pcm(
         self, pcm: np.ndarray, language: str | None = None, prompt: str | None = None
     ) -> Decoded | None:

@@ -1,6 +1,6 @@
 """A shared Kokoro speech server with OpenAI's speech API, streaming raw PCM.
 
-    python -m plugins.kokoro.server [--host 127.0.0.1] [--port 8092]
+    python -m worker tts-server [--host 127.0.0.1] [--port 8092]
 
 ``POST /v1/audio/speech`` with ``{"input": "...", "voice": "af_heart", "speed": 1.0,
 "response_format": "pcm"}`` streams 24 kHz 16-bit mono PCM (chunked), piece by piece as the
@@ -12,17 +12,14 @@ synthesis after the current piece. Bad requests get 400 with a reason.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
-import signal
 from typing import Any
 
 from aiohttp import web
-from livekit.agents import tokenize
 
-from .tts import SAMPLE_RATE, TTS, split_pieces
+from .tts import SAMPLE_RATE, TTS
 
 logger = logging.getLogger("plugins.kokoro.server")
 MAX_INPUT_CHARS = 4096
@@ -39,7 +36,6 @@ class KokoroServer:
             web.get("/healthz", self._health),
         ])  # fmt: skip
         self._runner: web.AppRunner | None = None
-        self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
 
     async def _voices(self, _r: web.Request) -> web.Response:
         return web.json_response({"voices": self.tts.voices})
@@ -59,7 +55,7 @@ class KokoroServer:
             return _bad("'input' must be non-empty text")
         if len(text) > MAX_INPUT_CHARS:
             return _bad(f"'input' is longer than {MAX_INPUT_CHARS} characters")
-        voice = body.get("voice", self.tts._opts.voice)
+        voice = body.get("voice", self.tts.voice)
         if voice not in self.tts.voices:
             return _bad(f"unknown voice {voice!r}; valid voices: {', '.join(self.tts.voices)}")
         fmt = body.get("response_format", "pcm")
@@ -74,8 +70,7 @@ class KokoroServer:
         await resp.prepare(request)
         self.active += 1
         try:
-            pieces = [p for s in self._sentences.tokenize(text) for p in split_pieces(s)]
-            for piece in pieces or [text]:
+            for piece in self.tts.pieces_of(text):
                 pcm = await self.tts.synthesize_async(piece, voice=voice, speed=float(speed))
                 if pcm.size:
                     await resp.write(pcm.tobytes())
@@ -100,35 +95,3 @@ class KokoroServer:
 
 def _bad(reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=400)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from worker.models import load_tts
-    from worker.settings import load_settings
-
-    p = argparse.ArgumentParser(prog="python -m plugins.kokoro.server")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8092)
-    a = p.parse_args(argv)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, format=fmt)
-    settings = load_settings()
-
-    async def run() -> None:
-        tts = load_tts(settings)
-        assert isinstance(tts, TTS)
-        server = KokoroServer(tts)
-        await server.start(a.host, a.port)
-        print(f"Kokoro server on http://{a.host}:{a.port}/v1/audio/speech", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(run())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -191,6 +191,15 @@ class TTS(tts.TTS):
         """The last synthesis failed: no cached piece is served until one works."""
 
     @property
+    def voice(self) -> str:
+        """The voice a request speaks in unless it names another."""
+        return self._opts.voice
+
+    def pieces_of(self, text: str) -> list[str]:
+        """The pieces ``text`` is synthesised in: sentences, long ones split at clauses."""
+        return [p for s in self._sentences.tokenize(text) for p in split_pieces(s)] or [text]
+
+    @property
     def voices(self) -> list[str]:
         voices: Any = self._kokoro.voices  # an NpzFile, typed as an array upstream
         return sorted(voices.files)

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import IO, Any
 
 import aiohttp
 
+from ..net import free_port
 from ..vllm.log import logger
 
 WORDS_ONLY_GBNF = "root ::= [^{<] [^<]*"
@@ -88,12 +88,6 @@ def _lower_priority(nice: int) -> None:
         os.nice(nice)
     with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
         f.write(str(nice))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class EmbeddedLLMServer:
