@@ -376,16 +376,12 @@ async def _check(settings: Settings) -> int:
         print(f"{'part':6} {'loaded':>8}  what")
         for name, secs in models.load_seconds.items():
             print(f"{name:6} {secs:7.2f}s  {models.described[name]}")
-        assert models.tts is not None and models.stt is not None and models.llm is not None
+        assert models.tts is not None and models.heard_by is not None and models.llm is not None
         t = time.perf_counter()
-        pcm = await models.tts.synthesize_async("The check is complete.")
+        pcm, rate = await speak(models.tts, "The check is complete.")
         tts_s = time.perf_counter() - t
-        from plugins.faster_whisper.stt import SAMPLE_RATE
-        from plugins.kokoro.tts import SAMPLE_RATE as TTS_RATE
-
-        audio = _resample_pcm(pcm, TTS_RATE, SAMPLE_RATE)
         t = time.perf_counter()
-        heard = await models.stt.transcribe_async(audio)
+        heard = await recognize(models.heard_by, pcm, rate)
         stt_s = time.perf_counter() - t
         ctx = llm.ChatContext.empty()
         ctx.add_message(role="user", content="Say OK.")
@@ -395,7 +391,7 @@ async def _check(settings: Settings) -> int:
             async for chunk in stream:
                 if first is None and chunk.delta and chunk.delta.content:
                     first = time.perf_counter() - t
-        print(f"tts    {tts_s:7.2f}s  synthesised {pcm.size / TTS_RATE:.2f}s of audio")
+        print(f"tts    {tts_s:7.2f}s  synthesised {pcm.size / rate:.2f}s of audio")
         print(f"stt    {stt_s:7.2f}s  heard {heard!r}")
         print(f"llm    {first or 0:7.2f}s  to first token")
     finally:
@@ -403,16 +399,37 @@ async def _check(settings: Settings) -> int:
     return 0
 
 
-def _resample_pcm(pcm: Any, src: int, dst: int) -> Any:
-    """Float32 samples in [-1, 1] at ``dst`` from int16 samples at ``src``."""
-    from .audio import resample
+async def speak(tts: Any, text: str) -> tuple[Any, int]:
+    """Int16 samples and their rate for ``text``, through the framework's API (any engine)."""
+    import numpy as np
 
-    return resample(pcm, src, dst).astype("float32") / 32768.0
+    async with tts.synthesize(text) as stream:
+        frames = [ev.frame async for ev in stream]
+    if not frames:
+        raise CLIError("the TTS produced no audio")
+    pcm = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
+    return pcm, frames[0].sample_rate
+
+
+async def recognize(stt: Any, pcm: Any, rate: int) -> str:
+    """The words in int16 samples, through the framework's API (any engine)."""
+    from livekit import rtc
+
+    event = await stt.recognize(rtc.AudioFrame(pcm.tobytes(), rate, 1, pcm.size))
+    return str(event.alternatives[0].text) if event.alternatives else ""
+
+
+async def _closing(engine: Any, work: Any) -> Any:
+    """Await ``work``, then close ``engine`` (its HTTP sessions) on the same loop."""
+    try:
+        return await work
+    finally:
+        await engine.aclose()
 
 
 def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
     from .audio import AudioFileError, read_wav
-    from .models import load_stt
+    from .models import load_stt_engine
 
     try:
         samples, rate = read_wav(args.file)
@@ -420,15 +437,12 @@ def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
         raise CLIError(f"no such file: {args.file}") from e
     except AudioFileError as e:
         raise CLIError(str(e)) from e
-    stt = load_stt(settings)
-    audio = _resample_pcm(samples, rate, 16000)
-    print(stt.transcribe_pcm(audio))
+    stt = load_stt_engine(settings)
+    print(asyncio.run(_closing(stt, recognize(stt, samples, rate))))
     return 0
 
 
 def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .audio import write_wav
     from .models import load_tts
 
@@ -436,14 +450,11 @@ def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
     if not text or not any(c.isalnum() for c in text):
         raise CLIError("nothing to say: the text is empty")
     tts = load_tts(settings)
-    from plugins.kokoro.tts import SAMPLE_RATE, split_pieces
-
     started = time.perf_counter()
-    pieces = [tts.synthesize_pcm(p) for s in tts._sentences.tokenize(text) for p in split_pieces(s)]
-    pcm = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
-    write_wav(args.output, pcm, SAMPLE_RATE)
+    pcm, rate = asyncio.run(_closing(tts, speak(tts, text)))
+    write_wav(args.output, pcm, rate)
     print(
-        f"wrote {args.output} ({pcm.size / SAMPLE_RATE:.2f}s of audio in "
+        f"wrote {args.output} ({pcm.size / rate:.2f}s of audio in "
         f"{time.perf_counter() - started:.2f}s)"
     )
     return 0

@@ -6,13 +6,16 @@ built here and handed to every session by :mod:`worker.session`; nothing else lo
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from livekit.agents import APIConnectionError
+from livekit.agents import stt as agents_stt
+from livekit.agents import tts as agents_tts
 from livekit.agents import vad as agents_vad
 
 from plugins.faster_whisper import STT as WhisperSTT
@@ -28,52 +31,67 @@ from . import assets
 from .phrases import Phrases, fixed_lines
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from livekit.agents.inference import TurnDetector
+
+    from infra.router import Router
+
 logger = logging.getLogger("worker.models")
 
 ALL_PARTS = ("vad", "turn", "stt", "tts", "llm")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Models:
-    """Process-wide model instances and how long each took to load."""
+    """Process-wide model instances and how long each took to load.
+
+    Built once by :func:`load_models` and never changed: a call (or a LiveKit job) that needs
+    something of its own derives a copy with :func:`dataclasses.replace`."""
 
     settings: Settings
     vad: agents_vad.VAD | None = None
-    turn_detector: Any = None
-    stt: WhisperSTT | RemoteSTT | None = None
-    tts: Any = None
-    """Kokoro in process or on a server, or Orpheus."""
-    session_tts: Any = None
+    turn_detector: TurnDetector | None = None
+    stt: WhisperSTT | None = None
+    """Whisper in process: what sessions listen with, or the fallback of the STT server."""
+    remote_stt: RemoteSTT | None = None
+    """The shared STT server's client when ``stt.server_url`` is set."""
+    tts: agents_tts.TTS | None = None
+    """The configured engine: Kokoro in process or on a server, or Orpheus."""
+    session_tts: agents_tts.TTS | None = None
     """What sessions speak with: ``tts`` behind a fallback adapter when a second engine exists."""
-    session_stt: Any = None
+    session_stt: agents_stt.STT | None = None
     """What sessions listen with: the STT server with the local model as its fallback."""
     llm: OpenAICompatLLM | None = None
     embedded_llm: EmbeddedLLMServer | None = None
-    router: Any = None
-    """``infra.router.Router`` when ``router.redis_url`` is set: LLM backends by voice."""
+    router: Router | None = None
+    """The GPU router when ``router.redis_url`` is set: LLM backends by voice."""
     phrases: Phrases | None = None
     """The fixed lines (greeting, goodbye, ...) in the sessions' voice, made at load."""
     load_seconds: dict[str, float] = field(default_factory=dict)
     described: dict[str, str] = field(default_factory=dict)
-    _stock_vad: agents_vad.VAD | None = None
 
-    def stock_vad(self) -> agents_vad.VAD:
-        """Silero with the framework's default settings, for the stock turn profile."""
-        if self._stock_vad is None:
-            from livekit.plugins import silero
+    @property
+    def heard_by(self) -> agents_stt.STT | None:
+        """The configured STT engine (the server's client, else Whisper in process)."""
+        return self.remote_stt or self.stt
 
-            self._stock_vad = silero.VAD.load()
-        return self._stock_vad
+    @staticmethod
+    @functools.cache
+    def stock_vad() -> agents_vad.VAD:
+        """Silero with the framework's default settings, for the stock turn profile (loaded
+        on first use, once per process)."""
+        from livekit.plugins import silero
+
+        return silero.VAD.load()
 
     async def aclose(self) -> None:
+        """Stop what this process started (the embedded LLM) and close the clients."""
         if self.llm is not None:
             await self.llm.aclose()
         if self.router is not None:
             await self.router.r.aclose()
-            self.router = None
         if self.embedded_llm is not None:
             self.embedded_llm.stop()
-            self.embedded_llm = None
 
 
 def load_vad(settings: Settings) -> agents_vad.VAD:
@@ -82,7 +100,7 @@ def load_vad(settings: Settings) -> agents_vad.VAD:
     return silero.VAD.load(min_silence_duration=settings.turn.vad_min_silence)
 
 
-def load_turn_detector() -> Any:
+def load_turn_detector() -> TurnDetector:
     """The local end-of-turn model; never the cloud one."""
     import livekit.local_inference as local_inference
     from livekit.agents.inference import TurnDetector
@@ -105,7 +123,14 @@ def load_stt(settings: Settings) -> WhisperSTT:
     )  # fmt: skip
 
 
-def load_fallback_tts(settings: Settings) -> Any:
+def load_stt_engine(settings: Settings) -> agents_stt.STT:
+    """The configured STT alone: the shared server's client, or Whisper in process."""
+    if settings.stt.server_url:
+        return RemoteSTT(url=settings.stt.server_url, language=settings.stt.language)
+    return load_stt(settings)
+
+
+def load_fallback_tts(settings: Settings) -> agents_tts.TTS | None:
     """Piper, when the `fallback` extra is installed (``tts.fallback`` auto) or asked for."""
     choice = settings.tts.fallback
     if choice == "none":
@@ -124,7 +149,7 @@ def load_fallback_tts(settings: Settings) -> Any:
         return None
 
 
-def _with_fallback(kind: str, engines: list[Any], models: Models) -> Any:
+def _with_fallback(kind: str, engines: list[Any], vad: agents_vad.VAD | None) -> Any:
     """The framework's fallback adapter, with every switch logged and counted."""
     from livekit.agents import stt as agents_stt
     from livekit.agents import tts as agents_tts
@@ -134,7 +159,7 @@ def _with_fallback(kind: str, engines: list[Any], models: Models) -> Any:
     if kind == "tts":
         adapter: Any = agents_tts.FallbackAdapter(engines)
     else:
-        adapter = agents_stt.FallbackAdapter(engines, vad=models.vad)
+        adapter = agents_stt.FallbackAdapter(engines, vad=vad)
 
     def changed(ev: Any) -> None:
         engine = getattr(ev, kind)
@@ -149,7 +174,7 @@ def _with_fallback(kind: str, engines: list[Any], models: Models) -> Any:
     return adapter
 
 
-def load_tts(settings: Settings) -> Any:
+def load_tts(settings: Settings) -> agents_tts.TTS:
     s = settings.tts
     if s.engine == "orpheus":
         from plugins.orpheus import TTS as OrpheusTTS
@@ -227,7 +252,7 @@ async def load_llm(settings: Settings) -> tuple[OpenAICompatLLM, EmbeddedLLMServ
     return llm, server
 
 
-def make_router(settings: Settings) -> Any:
+def make_router(settings: Settings) -> Router | None:
     """The GPU router when ``router.redis_url`` is set (its Redis client is bound to the loop
     that first uses it), else None."""
     url = settings.router.redis_url
@@ -247,72 +272,79 @@ def make_router(settings: Settings) -> Any:
 async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> Models:
     """Load the requested parts once, recording how long each took."""
     wanted = set(parts)
-    models = Models(settings=settings)
+    got: dict[str, Any] = {}
+    load_seconds: dict[str, float] = {}
+    described: dict[str, str] = {}
 
     def timed(name: str, started: float, what: str) -> None:
-        models.load_seconds[name] = time.perf_counter() - started
-        models.described[name] = what
-        logger.info("loaded %s (%s) in %.2fs", name, what, models.load_seconds[name])
+        load_seconds[name] = time.perf_counter() - started
+        described[name] = what
+        logger.info("loaded %s (%s) in %.2fs", name, what, load_seconds[name])
 
     try:
         if "vad" in wanted:
             t = time.perf_counter()
-            models.vad = load_vad(settings)
+            got["vad"] = load_vad(settings)
             timed("vad", t, "silero")
         if "turn" in wanted and settings.turn.turn_detector:
             t = time.perf_counter()
-            models.turn_detector = load_turn_detector()
+            got["turn_detector"] = load_turn_detector()
             timed("turn", t, "livekit turn-detector v1-mini (local)")
         if "stt" in wanted:
             t = time.perf_counter()
-            models.stt = load_stt(settings)
-            models.session_stt = models.stt
+            got["stt"] = got["session_stt"] = load_stt(settings)
             if settings.stt.server_url:
                 remote = RemoteSTT(url=settings.stt.server_url, language=settings.stt.language)
-                models.session_stt = _with_fallback("stt", [remote, models.stt], models)
+                got["remote_stt"] = remote
+                got["session_stt"] = _with_fallback("stt", [remote, got["stt"]], got.get("vad"))
                 timed("stt", t, f"STT server {settings.stt.server_url}, local fallback")
             else:
-                timed("stt", t, f"faster-whisper {models.stt.model}")
+                timed("stt", t, f"faster-whisper {got['stt'].model}")
         if "tts" in wanted:
-            t = time.perf_counter()
-            models.tts = load_tts(settings)
-            models.session_tts = models.tts
-            second = load_fallback_tts(settings)
-            if second is not None:
-                models.session_tts = _with_fallback("tts", [models.tts, second], models)
-            on = f" on {settings.tts.server_url}" if settings.tts.server_url else ""
-            timed("tts", t, f"kokoro voice {settings.tts.voice}{on}")
-            if settings.tts.cache_phrases and not settings.router.redis_url:
-                # (with a router, Orpheus voices live on the session's node: nothing to share)
-                t = time.perf_counter()
-                models.phrases = Phrases(models.session_tts)
-                await models.phrases.prepare(fixed_lines(settings.agent))
-                logger.info("prepared the fixed lines in %.2fs", time.perf_counter() - t)
-            pieces = getattr(models.tts, "pieces", None)  # Kokoro, in process or on a server
-            if pieces is not None:
-                pieces.max_entries = settings.tts.piece_cache
-                t = time.perf_counter()
-                from .prompt import likely_openers
-
-                openers = [*settings.tts.openers, *likely_openers(settings.agent)]
-                made = await models.tts.prepare_pieces(openers)
-                logger.info("prepared %d reply openers in %.2fs", made, time.perf_counter() - t)
+            await _load_speech(settings, got, timed)
         if "llm" in wanted:
-            models.router = make_router(settings)
-        if "llm" in wanted:
+            got["router"] = make_router(settings)
             t = time.perf_counter()
-            models.llm, models.embedded_llm = await load_llm(settings)
-            where = "embedded llama.cpp" if models.embedded_llm else settings.llm.base_url
-            timed("llm", t, f"{models.llm.model} via {where}")
-            if models.embedded_llm is not None:
+            got["llm"], got["embedded_llm"] = await load_llm(settings)
+            where = "embedded llama.cpp" if got["embedded_llm"] else settings.llm.base_url
+            timed("llm", t, f"{got['llm'].model} via {where}")
+            if got["embedded_llm"] is not None:
                 from .agent import prime_llm_cache  # the agent builds the prompt (and imports us)
 
                 t = time.perf_counter()
-                await prime_llm_cache(settings.agent, models.llm)
+                await prime_llm_cache(settings.agent, got["llm"])
                 logger.info(
                     "read the call prompt into the LLM cache in %.2fs", time.perf_counter() - t
                 )
     except BaseException:
-        await models.aclose()
+        await Models(settings=settings, **got).aclose()
         raise
-    return models
+    return Models(settings=settings, load_seconds=load_seconds, described=described, **got)
+
+
+async def _load_speech(settings: Settings, got: dict[str, Any], timed: Any) -> None:
+    """The TTS, its fallback, the fixed lines and the reply openers, into ``got``."""
+    t = time.perf_counter()
+    tts = got["tts"] = got["session_tts"] = load_tts(settings)
+    second = load_fallback_tts(settings)
+    if second is not None:
+        got["session_tts"] = _with_fallback("tts", [tts, second], got.get("vad"))
+    if settings.tts.engine == "orpheus":
+        timed("tts", t, f"orpheus voice {settings.tts.orpheus_voice}")
+    else:
+        on = f" on {settings.tts.server_url}" if settings.tts.server_url else ""
+        timed("tts", t, f"kokoro voice {settings.tts.voice}{on}")
+    if settings.tts.cache_phrases and not settings.router.redis_url:
+        # (with a router, Orpheus voices live on the session's node: nothing to share)
+        t = time.perf_counter()
+        got["phrases"] = Phrases(got["session_tts"])
+        await got["phrases"].prepare(fixed_lines(settings.agent))
+        logger.info("prepared the fixed lines in %.2fs", time.perf_counter() - t)
+    if isinstance(tts, KokoroTTS):  # in process or on a server: openers from a piece cache
+        tts.pieces.max_entries = settings.tts.piece_cache
+        t = time.perf_counter()
+        from .prompt import likely_openers
+
+        openers = [*settings.tts.openers, *likely_openers(settings.agent)]
+        made = await tts.prepare_pieces(openers)
+        logger.info("prepared %d reply openers in %.2fs", made, time.perf_counter() - t)

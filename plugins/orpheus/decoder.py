@@ -20,17 +20,22 @@ WINDOW_FRAMES = 4
 SAMPLES_PER_FRAME = 2048
 
 
+SNAC_24KHZ = {
+    "sampling_rate": 24000, "encoder_dim": 48, "encoder_rates": [2, 4, 8, 8],
+    "decoder_dim": 1024, "decoder_rates": [8, 8, 4, 2], "attn_window_size": None,
+    "codebook_size": 4096, "codebook_dim": 8, "vq_strides": [4, 2, 1], "noise": True,
+    "depthwise": True,
+}  # fmt: skip
+"""The 24 kHz SNAC codec's shape (its ``config.json`` on the hub)."""
+
+
 def random_snac(seed: int = 0) -> Any:
     """A SNAC 24 kHz codec of the real shape with random weights (no weights ship offline)."""
     import torch
     from snac import SNAC
 
     torch.manual_seed(seed)
-    return SNAC(
-        sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
-        decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096,
-        codebook_dim=8, vq_strides=[4, 2, 1], noise=True, depthwise=True,
-    ).eval()  # fmt: skip
+    return SNAC(**SNAC_24KHZ).eval()
 
 
 def load_snac(source: str | Path) -> Any:
