@@ -34,6 +34,7 @@ from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.agent import ModelSettings
 
 from plugins.faster_whisper.stt import decode_prompt
+from plugins.lk_private import current_speech_handle_id
 from plugins.vllm import LLM as OpenAICompatLLM
 from telephony.call import Call, DigitCollector
 
@@ -59,14 +60,6 @@ _WARM_UP_CONN = APIConnectOptions(max_retry=0, timeout=30.0)
 
 def _tool_names(tools: list[llm.Tool]) -> list[str]:
     return [t.info.name for t in tools if isinstance(t, llm.FunctionTool | llm.RawFunctionTool)]
-
-
-def _current_handle_id() -> str | None:
-    """The speech handle the framework is generating for, if any (a framework context var)."""
-    from livekit.agents.voice.agent_activity import _SpeechHandleContextVar
-
-    handle = _SpeechHandleContextVar.get(None)
-    return handle.id if handle is not None else None
 
 
 class VoiceAgent(Agent):
@@ -530,7 +523,7 @@ class VoiceAgent(Agent):
             model_settings = ModelSettings(tool_choice=choice)
         await self._settle_warm_up()
         produced = False
-        handle_id = _current_handle_id()
+        handle_id = current_speech_handle_id()
         stream: AsyncIterable[llm.ChatChunk | str | FlushSentinel] = Agent.default.llm_node(
             self, chat_ctx, tools, model_settings
         )
@@ -569,7 +562,7 @@ class VoiceAgent(Agent):
         self, text: AsyncIterable[str], model_settings: ModelSettings
     ) -> AsyncGenerator[rtc.AudioFrame, None]:
         """The default TTS node, counting the audio made for each reply."""
-        handle_id = _current_handle_id()
+        handle_id = current_speech_handle_id()
         frames: Any = Agent.default.tts_node(self, text, model_settings)
         async for frame in frames:
             if self._speculation is not None:

@@ -28,9 +28,9 @@ from typing import Any
 from livekit import api, rtc
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, llm
 from livekit.agents.cli import proto
-from livekit.agents.cli.cli import _run_worker
 
 from plugins.http import close_loop_sessions
+from plugins.lk_private import run_agent_server
 from telephony import wire
 from telephony.amd import AmdResult, AnsweringMachineDetector
 from telephony.call import CallSlots
@@ -85,7 +85,7 @@ async def _load_shared(settings: Settings) -> Models:
         models = await load_models(settings)
         if models.router is not None:  # bound to this loop; jobs make their own
             await models.router.r.aclose()
-            models.router = None
+            models = dataclasses.replace(models, router=None)
         return models
     finally:
         await close_loop_sessions()
@@ -514,7 +514,7 @@ def run(settings: Settings, *, dev: bool) -> None:
     })  # fmt: skip
     logger.info("call guardian started (pid %d)", _guardian.pid)
     try:
-        _run_worker(
+        run_agent_server(
             server,
             proto.CliArgs(
                 log_level=settings.log_level, url=lk.url, api_key=lk.api_key,

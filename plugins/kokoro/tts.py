@@ -31,6 +31,7 @@ from livekit.agents import (
 )
 
 from ..http import LoopSessions
+from ..lk_private import synthesize_with_stream
 from .log import logger
 from .models import KokoroOptions, load_kokoro
 
@@ -271,7 +272,7 @@ class TTS(tts.TTS):
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
     ) -> tts.ChunkedStream:
-        return self._synthesize_with_stream(text, conn_options=conn_options)
+        return synthesize_with_stream(self, text, conn_options)
 
     def stream(
         self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS

@@ -32,6 +32,7 @@ from livekit.agents import (
 )
 
 from ..http import LoopSessions
+from ..lk_private import synthesize_with_stream
 from .decoder import SAMPLE_RATE, SAMPLES_PER_FRAME, WINDOW_FRAMES
 from .log import logger
 from .tokens import CODES_PER_FRAME, CodeParser, prompt
@@ -112,7 +113,7 @@ class TTS(tts.TTS):
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
     ) -> tts.ChunkedStream:
-        return self._synthesize_with_stream(text, conn_options=conn_options)
+        return synthesize_with_stream(self, text, conn_options)
 
     def stream(
         self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS

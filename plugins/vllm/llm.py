@@ -25,7 +25,6 @@ from livekit.agents import (
     llm,
 )
 from livekit.agents.llm import ToolChoice
-from livekit.agents.llm._provider_format.openai import to_fnc_ctx
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from ..http import LoopSessions
@@ -116,7 +115,7 @@ class LLM(llm.LLM):
         if isinstance(extra_kwargs, dict):
             body.update(extra_kwargs)
         if tools:
-            body["tools"] = to_fnc_ctx(llm.ToolContext(tools), strict=False)
+            body["tools"] = llm.ToolContext(tools).parse_function_tools("openai", strict=False)
             if isinstance(tool_choice, str | dict):
                 body["tool_choice"] = tool_choice
             if tool_choice == "none" and self._opts.words_only_grammar:

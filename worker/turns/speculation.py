@@ -6,19 +6,26 @@ work only when a *changed* final transcript arrives, a second or more after the 
 resumed speaking, so GPU time is spent on a reply that is already stale. This tracker cancels
 it on VAD speech start instead and counts what speculation did and what it threw away.
 
-It reaches into the session's current ``AgentActivity`` (``_preemptive_generation``,
-``_cancel_preemptive_generation``, ``on_preemptive_generation``): livekit-agents has no public
-hook for this yet, so the access is confined to this file and pinned by ``livekit-agents==1.8.9``.
+It hooks the session's current ``AgentActivity`` through :mod:`plugins.lk_private`:
+livekit-agents has no public hook for this yet.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from livekit.agents import AgentSession
 from livekit.agents.voice.events import UserStateChangedEvent
+
+from plugins.lk_private import (
+    cancel_preemptive_generation,
+    hook_preemptive_generation,
+    pending_preemptive_generation,
+    session_activity,
+)
 
 logger = logging.getLogger("worker.turns.speculation")
 
@@ -61,7 +68,7 @@ class SpeculationTracker:
     (it waits longer for silence): that is lag, not the caller going on."""
     _work: dict[str, _Work] = field(default_factory=dict)
     _session: AgentSession[Any] | None = None
-    _activity: Any = None
+    _hooked: Any = None
 
     def attach(self, session: AgentSession[Any]) -> None:
         """Hook the session (call after ``session.start``)."""
@@ -71,13 +78,12 @@ class SpeculationTracker:
 
     def _hook_activity(self) -> None:
         assert self._session is not None
-        activity = getattr(self._session, "_activity", None)
-        if activity is None or activity is self._activity:
+        activity = session_activity(self._session)
+        if activity is None or activity is self._hooked:
             return
-        self._activity = activity
-        original = activity.on_preemptive_generation
+        self._hooked = activity
 
-        def on_preemptive_generation(info: Any) -> None:
+        def on_preemptive_generation(original: Callable[[Any], None], info: Any) -> None:
             session = self._session
             fresh = self.preflight is not None and info.new_transcript.endswith(self.preflight)
             if (
@@ -90,13 +96,13 @@ class SpeculationTracker:
                 # resumed: this is not the snooze window, and the reply would be stale
                 self.stats.skipped_while_speaking += 1
                 return
-            before = activity._preemptive_generation
+            before = pending_preemptive_generation(activity)
             original(info)
-            after = activity._preemptive_generation
+            after = pending_preemptive_generation(activity)
             if after is not None and after is not before:
                 self._started(after.speech_handle)
 
-        activity.on_preemptive_generation = on_preemptive_generation
+        hook_preemptive_generation(activity, on_preemptive_generation)
 
     def _started(self, handle: Any) -> None:
         self.stats.started += 1
@@ -127,12 +133,11 @@ class SpeculationTracker:
         if ev.new_state != "speaking" or not self.cancel_on_speech_start:
             return
         self._hook_activity()
-        activity = self._activity
-        pending = getattr(activity, "_preemptive_generation", None)
-        if pending is not None:
+        activity = self._hooked
+        if pending_preemptive_generation(activity) is not None:
             logger.debug("caller resumed speaking: cancelling the speculative reply")
             self.stats.cancelled_on_speech_start += 1
-            activity._cancel_preemptive_generation()
+            cancel_preemptive_generation(activity)
 
     # -- accounting, fed by the agent's llm_node and tts_node ------------------------------
 
