@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.audio import resample  # noqa: E402
+from plugins.audio import resample  # noqa: E402
 
 Split = Literal["tuning", "held-back"]
 Band = Literal["16k", "8k"]

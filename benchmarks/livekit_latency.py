@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from infra import livekit as stack  # noqa: E402
+from plugins.audio import read_wav, resample  # noqa: E402
 from plugins.net import free_port  # noqa: E402
 from tests.livekit_caller import RoomCaller  # noqa: E402
 from tests.sip_tools import SipCaller  # noqa: E402
-from worker.audio import read_wav, resample  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.web.server import mint_token  # noqa: E402
 

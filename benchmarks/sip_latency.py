@@ -39,13 +39,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from plugins.audio import g711_decode, g711_encode, resample  # noqa: E402
 from plugins.net import free_port  # noqa: E402
-from telephony import g711  # noqa: E402
 from telephony.loopback import LoopbackCall  # noqa: E402
 from telephony.sip import SipServer  # noqa: E402
 from tests.sip_tools import SipCaller  # noqa: E402
 from worker import records  # noqa: E402
-from worker.audio import resample  # noqa: E402
 from worker.call import run_call  # noqa: E402
 from worker.harness import RATE as HARNESS_RATE  # noqa: E402
 from worker.harness import CallerVoice  # noqa: E402
@@ -103,7 +102,7 @@ class TwilioCaller(SipCaller):
         async for msg in self.ws:
             data = json.loads(msg.data)
             if data.get("event") == "media":
-                pcm = g711.decode(base64.b64decode(data["media"]["payload"]))
+                pcm = g711_decode(base64.b64decode(data["media"]["payload"]))
                 self.heard.append(pcm)
                 if float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > self.VOICED_RMS:
                     self.voiced_at.append(time.time())
@@ -123,7 +122,7 @@ class TwilioCaller(SipCaller):
         pcm = np.concatenate([pcm8k, np.zeros((-pcm8k.size) % 160, np.int16)]).astype(np.int16)
         start = time.monotonic()
         for i in range(pcm.size // 160):
-            payload = base64.b64encode(g711.encode(pcm[i * 160 : (i + 1) * 160])).decode()
+            payload = base64.b64encode(g711_encode(pcm[i * 160 : (i + 1) * 160])).decode()
             await self.ws.send_json(
                 {"event": "media", "streamSid": self.STREAM,
                  "media": {"track": "inbound", "payload": payload}}

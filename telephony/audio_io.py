@@ -18,6 +18,8 @@ import numpy as np
 from livekit import rtc
 from livekit.agents.voice import io
 
+from plugins.audio import StreamResampler
+
 
 class QueueAudioInput(io.AudioInput):
     """Caller audio pushed by a transport; bounded so a stalled session cannot grow memory."""
@@ -54,13 +56,6 @@ class QueueAudioInput(io.AudioInput):
         return frame
 
 
-def _mono_int16(frame: rtc.AudioFrame) -> np.ndarray:
-    data = np.frombuffer(frame.data, dtype=np.int16)
-    if frame.num_channels > 1:
-        data = data.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
-    return data
-
-
 class PacedAudioOutput(io.AudioOutput):
     """Agent audio buffered for a transport that reads it in real time."""
 
@@ -73,8 +68,7 @@ class PacedAudioOutput(io.AudioOutput):
         self._rate = sample_rate
         self._chunks: collections.deque[np.ndarray] = collections.deque()
         self._buffered = 0
-        self._resampler: rtc.AudioResampler | None = None
-        self._resampler_rate = 0
+        self._resampler = StreamResampler(sample_rate)
         self._in_segment = False
         self._flushed = False
         self._discarding = False
@@ -108,19 +102,7 @@ class PacedAudioOutput(io.AudioOutput):
             self._buffered += samples.size
 
     def _convert(self, frame: rtc.AudioFrame) -> np.ndarray:
-        if frame.sample_rate == self._rate:
-            return _mono_int16(frame)
-        if self._resampler is None or self._resampler_rate != frame.sample_rate:
-            self._resampler = rtc.AudioResampler(
-                frame.sample_rate, self._rate, num_channels=1,
-                quality=rtc.AudioResamplerQuality.MEDIUM,
-            )  # fmt: skip
-            self._resampler_rate = frame.sample_rate
-        mono = rtc.AudioFrame(
-            _mono_int16(frame).tobytes(), frame.sample_rate, 1, frame.samples_per_channel
-        )
-        out = [_mono_int16(f) for f in self._resampler.push(mono)]
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+        return self._resampler.push_frame(frame)
 
     def flush(self) -> None:
         super().flush()
@@ -129,12 +111,10 @@ class PacedAudioOutput(io.AudioOutput):
             return
         if not self._in_segment:
             return
-        if self._resampler is not None:
-            tail = [_mono_int16(f) for f in self._resampler.flush()]
-            self._resampler = None
-            for t in tail:
-                self._chunks.append(t)
-                self._buffered += t.size
+        tail = self._resampler.flush()
+        if tail.size:
+            self._chunks.append(tail)
+            self._buffered += tail.size
         self._flushed = True
         if self._buffered == 0:  # everything was already played (synthesis slower than playout)
             if self._started:
@@ -144,7 +124,7 @@ class PacedAudioOutput(io.AudioOutput):
     def clear_buffer(self) -> None:
         self._chunks.clear()
         self._buffered = 0
-        self._resampler = None
+        self._resampler = StreamResampler(self._rate)  # what it held belongs to the cut reply
         self._paused = False  # a cut reply leaves nothing to resume
         if self._in_segment:
             # frames of this segment may still arrive until the session flushes it

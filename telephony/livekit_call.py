@@ -21,12 +21,14 @@ from livekit.protocol import agent_dispatch as dispatch_pb
 from livekit.protocol import room as room_pb
 from livekit.protocol import sip as sip_pb
 
+from plugins.audio import DTMF_DIGITS
+
 from .call import Call
 
 logger = logging.getLogger("telephony.livekit")
 
-DTMF_CODES = {**{str(i): i for i in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14,
-              "D": 15}  # fmt: skip
+DTMF_CODES = {d: code for code, d in enumerate(DTMF_DIGITS)}
+"""LiveKit's DTMF codes are the RFC 4733 event numbers."""
 
 
 @dataclass

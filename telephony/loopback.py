@@ -10,7 +10,8 @@ import asyncio
 import time
 
 import numpy as np
-from livekit import rtc
+
+from plugins.audio import Pacer, make_frame
 
 from .call import Call
 
@@ -40,24 +41,22 @@ class LoopbackCall(Call):
 
     async def _listen(self) -> None:
         n = self.output_rate * FRAME_MS // 1000
-        start = time.monotonic()
-        i = 0
+        pace = Pacer(FRAME_MS / 1000)
         while not self.ended.is_set():
             self._heard.append(self.audio_output.read(n))
-            i += 1
-            await asyncio.sleep(max(0.0, start + i * FRAME_MS / 1000 - time.monotonic()))
+            await pace.wait()
 
     async def play(self, samples: np.ndarray, rate: int | None = None) -> None:
         """Send int16 mono samples to the agent at real-time pace."""
         rate = rate or self.input_rate
         n = rate * FRAME_MS // 1000
-        start = time.monotonic()
-        for i, off in enumerate(range(0, len(samples), n)):
+        pace = Pacer(FRAME_MS / 1000)
+        for off in range(0, len(samples), n):
             chunk = samples[off : off + n]
             if len(chunk) < n:
                 chunk = np.pad(chunk, (0, n - len(chunk)))
-            self.audio_input.push(rtc.AudioFrame(chunk.astype(np.int16).tobytes(), rate, 1, n))
-            await asyncio.sleep(max(0.0, start + (i + 1) * FRAME_MS / 1000 - time.monotonic()))
+            self.audio_input.push(make_frame(chunk, rate))
+            await pace.wait()
 
     async def silence(self, seconds: float) -> None:
         await self.play(np.zeros(int(seconds * self.input_rate), dtype=np.int16))

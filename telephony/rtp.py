@@ -22,14 +22,14 @@ from typing import cast
 
 import numpy as np
 
-from . import g711
+from plugins.audio import DTMF_DIGITS, Pacer, g711_decode, g711_encode
+
 from .audio_io import PacedAudioOutput
 
 logger = logging.getLogger("telephony.rtp")
 
 RATE = 8000
 FRAME = 160  # 20 ms at 8 kHz
-DTMF_EVENTS = "0123456789*#ABCD"
 MAX_GAP_FILL = 10
 """Lost frames filled with silence at most (200 ms); a longer hole is a pause, not loss."""
 
@@ -159,9 +159,9 @@ def dtmf_event(payload: bytes) -> tuple[str, bool, int] | None:
     if len(payload) < 4:
         return None
     event, flags, duration = struct.unpack_from("!BBH", payload)
-    if event >= len(DTMF_EVENTS):
+    if event >= len(DTMF_DIGITS):
         return None
-    return DTMF_EVENTS[event], bool(flags & 0x80), duration
+    return DTMF_DIGITS[event], bool(flags & 0x80), duration
 
 
 class DtmfReceiver:
@@ -248,7 +248,7 @@ class RtpSession(asyncio.DatagramProtocol):
             if payload is None:
                 self._on_audio(np.zeros(FRAME, dtype=np.int16))
             elif payload:
-                self._on_audio(g711.decode(payload, law))
+                self._on_audio(g711_decode(payload, law))
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("rtp socket error: %s", exc)
@@ -288,19 +288,17 @@ class RtpSession(asyncio.DatagramProtocol):
 
     async def _send_loop(self) -> None:
         """One packet per 20 ms on an absolute clock, so pacing does not drift."""
-        start = time.monotonic()
-        tick = 0
+        pace = Pacer()
         talking = False
         dtmf: tuple[int, int] | None = None  # (event, frames sent)
         while True:
-            tick += 1
             if time.monotonic() - self._last_audio > self._fill_after:
                 # the caller's phone stopped sending (silence suppression, comfort noise, a
                 # lost stream): keep the caller's clock running so the VAD sees the silence
                 self.filled += 1
                 self._on_audio(np.zeros(FRAME, dtype=np.int16))
             if dtmf is None and not self._dtmf_out.empty() and self.dtmf_pt is not None:
-                dtmf = (DTMF_EVENTS.index(self._dtmf_out.get_nowait()), 0)
+                dtmf = (DTMF_DIGITS.index(self._dtmf_out.get_nowait()), 0)
             if dtmf is not None and self.dtmf_pt is not None:
                 event, n = dtmf
                 n += 1
@@ -315,7 +313,7 @@ class RtpSession(asyncio.DatagramProtocol):
                 pcm = self._output.read(FRAME)
                 speaking = bool(pcm.any())
                 law = self.codecs.get(self.send_pt, "ulaw")
-                self._send(self.send_pt, g711.encode(pcm, law), marker=speaking and not talking)
+                self._send(self.send_pt, g711_encode(pcm, law), marker=speaking and not talking)
                 talking = speaking
                 self._ts = (self._ts + FRAME) & 0xFFFFFFFF
-            await asyncio.sleep(max(0.0, start + tick * 0.02 - time.monotonic()))
+            await pace.wait()

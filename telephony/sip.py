@@ -32,6 +32,8 @@ from typing import Any, cast
 import numpy as np
 from livekit import rtc
 
+from plugins.audio import DTMF_DIGITS
+
 from . import sdp
 from .call import Call, CallSlot, CallSlots
 from .rtp import RATE, RtpSession
@@ -753,7 +755,7 @@ class SipServer(asyncio.DatagramProtocol):
                     key, _, value = line.partition("=")
                     digit = value.strip()
                     if key.strip().lower() in ("signal", "") and len(digit) == 1:
-                        if digit in "0123456789*#ABCD":
+                        if digit in DTMF_DIGITS:
                             call.dtmf_received(digit)
         elif method == "NOTIFY":
             self._respond(req, source, 200)

@@ -15,12 +15,13 @@ import binascii
 import hashlib
 import hmac
 import logging
-import time
 from typing import Any
 
 from livekit import rtc
 
-from . import g711, wire
+from plugins.audio import DTMF_DIGITS, Pacer, g711_decode, g711_encode
+
+from . import wire
 from .call import Call
 
 logger = logging.getLogger("telephony.twilio")
@@ -28,7 +29,6 @@ logger = logging.getLogger("telephony.twilio")
 RATE = 8000
 FRAME = RATE // 50  # 20 ms
 MAX_MESSAGE_BYTES = 64 * 1024
-DTMF_DIGITS = set("0123456789*#ABCD")
 
 
 class TwilioProtocolError(ValueError):
@@ -114,23 +114,21 @@ class TwilioCall(Call):
         self._sender = asyncio.create_task(self._send_loop())
 
     def receive_media(self, mulaw: bytes) -> None:
-        pcm = g711.decode(mulaw, "ulaw")
+        pcm = g711_decode(mulaw, "ulaw")
         if pcm.size:
             self.audio_input.push(rtc.AudioFrame(pcm.tobytes(), RATE, 1, pcm.size))
 
     async def _send_loop(self) -> None:
         """Agent audio out in real time: only while there is something to say."""
-        start = time.monotonic()
-        i = 0
+        pace = Pacer()
         while not self.ended.is_set():
             if self.audio_output.speaking:
                 pcm = self.audio_output.read(FRAME)
-                payload = base64.b64encode(g711.encode(pcm, "ulaw")).decode()
+                payload = base64.b64encode(g711_encode(pcm, "ulaw")).decode()
                 await self._send(
                     {"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}}
                 )
-            i += 1
-            await asyncio.sleep(max(0.0, start + i * 0.02 - time.monotonic()))
+            await pace.wait()
 
     def _on_playout(self, what: str, _at: float) -> None:
         if what == "clear":

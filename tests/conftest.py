@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from plugins.audio import read_wav
 from worker import assets
-from worker.audio import read_wav
 from worker.settings import Settings, load_settings
 
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from plugins.audio import g711_decode, g711_encode, read_wav, resample
 from plugins.net import free_port
-from telephony import g711
-from worker.audio import read_wav, resample
 
 DTMF_PCAPS = Path("/usr/share/sip-tester")
 """SIPp's RFC 2833 digit recordings (Debian sip-tester), payload type 101."""
@@ -39,7 +38,7 @@ def write_rtp_pcap(
     seq, ts, ssrc = 1000, 16000, 0x1234ABCD
     t0 = 1_700_000_000.0
     for i in range(pcm.size // 160):
-        payload = g711.encode(pcm[i * 160 : (i + 1) * 160], law)
+        payload = g711_encode(pcm[i * 160 : (i + 1) * 160], law)
         rtp = struct.pack("!BBHII", 0x80, (0x80 if i == 0 else 0) | pt, seq, ts, ssrc) + payload
         udp = struct.pack("!HHHH", 40000, 40002, 8 + len(rtp), 0) + rtp
         ip = struct.pack(
@@ -402,7 +401,7 @@ class SipCaller:
                 continue
             if len(data) <= 12 or data[1] & 0x7F != 0:
                 continue
-            pcm = g711.decode(data[12:], "ulaw")
+            pcm = g711_decode(data[12:], "ulaw")
             self.heard.append(pcm)
             if float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > self.VOICED_RMS:
                 self.voiced_at.append(time.time())
@@ -421,7 +420,7 @@ class SipCaller:
         pcm = np.concatenate([pcm8k, np.zeros((-pcm8k.size) % 160, np.int16)]).astype(np.int16)
         start = time.monotonic()
         for i in range(pcm.size // 160):
-            payload = g711.encode(pcm[i * 160 : (i + 1) * 160], "ulaw")
+            payload = g711_encode(pcm[i * 160 : (i + 1) * 160], "ulaw")
             head = struct.pack("!BBHII", 0x80, 0, self._seq & 0xFFFF, self._ts, 0x5EED)
             self.rtp.sendto(head + payload, self.remote_media)
             self._seq += 1

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from plugins.audio import read_wav, resample
 from telephony.amd import AnsweringMachineDetector, classify
-from worker.audio import read_wav, resample
 
 RATE = 8000
 

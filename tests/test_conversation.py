@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from plugins.audio import resample
 from plugins.net import free_port
 from telephony.loopback import LoopbackCall
 from worker import records
-from worker.audio import resample
 from worker.call import run_call
 from worker.models import load_models
 from worker.settings import Settings

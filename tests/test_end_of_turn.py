@@ -7,10 +7,10 @@ import subprocess
 import numpy as np
 import pytest
 
+from plugins.audio import resample
 from plugins.smart_turn import SAMPLE_RATE, SmartTurn, log_mel
 from plugins.smart_turn.model import window
 from worker import assets
-from worker.audio import resample
 from worker.settings import load_settings
 from worker.turns.completeness import sounds_unfinished
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from livekit.agents import APIConnectionError
 
+from plugins.audio import read_wav, resample
 from plugins.net import free_port
 from plugins.vllm import llm as vllm_llm
 from telephony.loopback import LoopbackCall
 from worker import records
-from worker.audio import read_wav, resample
 from worker.call import run_call
 from worker.metrics import FALLBACKS
 from worker.models import load_models

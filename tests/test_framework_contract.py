@@ -100,5 +100,7 @@ def test_no_other_file_reaches_into_the_framework(package: str) -> None:
 
 def test_the_scan_finds_a_private_use(tmp_path: Path) -> None:
     f = tmp_path / "x.py"
-    f.write_text("def f(s):\n    return getattr(s, '_activity', None) or s._preemptive_generation\n")
+    f.write_text(
+        "def f(s):\n    return getattr(s, '_activity', None) or s._preemptive_generation\n"
+    )
     assert len(_private_uses(f)) == 2

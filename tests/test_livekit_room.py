@@ -18,9 +18,9 @@ import pytest
 import pytest_asyncio
 from livekit import api, rtc
 
+from plugins.audio import read_wav, resample
 from telephony.livekit_call import LiveKitCall
 from worker import records
-from worker.audio import read_wav, resample
 from worker.livekit_worker import current_load, handle_participant
 from worker.models import load_models
 from worker.settings import Settings

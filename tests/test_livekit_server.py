@@ -30,9 +30,9 @@ from livekit import api
 from pydantic import SecretStr
 
 from infra import livekit as stack
+from plugins.audio import read_wav, resample
 from plugins.net import free_port
 from worker import records
-from worker.audio import read_wav, resample
 from worker.settings import Settings
 from worker.web.server import mint_token
 

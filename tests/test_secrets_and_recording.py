@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from plugins.audio import read_wav, resample
 from telephony.loopback import LoopbackCall
 from worker import records
-from worker.audio import read_wav, resample
 from worker.call import run_call
 from worker.models import load_models
 from worker.settings import Settings

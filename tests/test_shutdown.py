@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from plugins.audio import read_wav, resample
 from plugins.net import free_port
 from worker import records
-from worker.audio import read_wav, resample
 
 from .sip_tools import RawSip, SipCaller, free_udp_port, invite
 

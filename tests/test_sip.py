@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from plugins.audio import read_wav, resample, write_wav
 from telephony.sip import SipServer
 from worker import records
-from worker.audio import read_wav, resample, write_wav
 from worker.local.server import LocalServer
 from worker.models import load_models
 from worker.settings import Settings

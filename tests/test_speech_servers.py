@@ -15,12 +15,12 @@ import pytest_asyncio
 from livekit import rtc
 from livekit.agents import stt as agents_stt
 
+from plugins.audio import read_wav, resample
 from plugins.faster_whisper.remote import RemoteSTT
 from plugins.faster_whisper.server import STTServer
 from plugins.kokoro.server import KokoroServer
 from plugins.kokoro.tts import RemoteTTS
 from plugins.net import free_port
-from worker.audio import read_wav, resample
 from worker.models import load_models
 from worker.settings import Settings
 

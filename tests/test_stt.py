@@ -11,10 +11,10 @@ import pytest
 from livekit import rtc
 from livekit.agents import stt as lkstt
 
+from plugins.audio import resample
 from plugins.faster_whisper import STT, decode
 from plugins.faster_whisper.decode import WindowedDecoder
 from plugins.faster_whisper.stt import decode_prompt
-from worker.audio import resample
 from worker.models import load_stt
 from worker.settings import Settings
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from plugins.audio import g711_decode, g711_encode, resample
 from plugins.net import free_port
-from telephony import g711, twilio
+from telephony import twilio
 from worker import records
-from worker.audio import resample
 from worker.local.server import LocalServer
 from worker.models import Models, load_models
 from worker.settings import Settings
@@ -119,7 +119,7 @@ async def test_phone_call_over_media_streams(settings: Settings, espeak) -> None
                     data = json.loads(msg.data)
                     events.append(data["event"])
                     if data["event"] == "media":
-                        heard.append(g711.decode(base64.b64decode(data["media"]["payload"])))
+                        heard.append(g711_decode(base64.b64decode(data["media"]["payload"])))
 
             receiver = asyncio.create_task(receive())
             await ws.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -127,7 +127,7 @@ async def test_phone_call_over_media_streams(settings: Settings, espeak) -> None
 
             async def send(pcm: np.ndarray) -> None:
                 for i in range(0, len(pcm), 160):
-                    chunk = g711.encode(
+                    chunk = g711_encode(
                         np.pad(pcm[i : i + 160], (0, max(0, 160 - len(pcm[i : i + 160]))))
                     )
                     await ws.send_json(

@@ -33,10 +33,11 @@ from livekit.agents.types import FlushSentinel
 from livekit.agents.voice import SpeechHandle
 from livekit.agents.voice.agent import ModelSettings
 
+from plugins.audio import PHONE_KEYS
 from plugins.faster_whisper.stt import decode_prompt
 from plugins.lk_private import current_speech_handle_id
 from plugins.vllm import LLM as OpenAICompatLLM
-from telephony.call import Call, DigitCollector
+from telephony.call import Call
 
 from .booking import BookingDecision, check_booking
 from .facts import BusinessFacts
@@ -97,7 +98,6 @@ class VoiceAgent(Agent):
         self._call = call
         self._phrases = phrases or Phrases(None)
         self._transfer_target = transfer_target
-        self._collector: DigitCollector | None = None
         self._digits = ""
         self._digit_timer: asyncio.TimerHandle | None = None
         self._backchannels = backchannels
@@ -172,11 +172,8 @@ class VoiceAgent(Agent):
     # -- key presses -------------------------------------------------------------------------
 
     def dtmf(self, digit: str) -> None:
-        """A key press: to the IVR prompt if one is waiting, else into the conversation once
-        the caller stops pressing (``#`` ends the entry at once)."""
-        if self._collector is not None:
-            self._collector.feed(digit)
-            return
+        """A key press: into the conversation once the caller stops pressing (``#`` ends the
+        entry at once)."""
         if self._digit_timer is not None:
             self._digit_timer.cancel()
             self._digit_timer = None
@@ -195,18 +192,6 @@ class VoiceAgent(Agent):
             self.session.generate_reply(
                 user_input=f"[The caller pressed {' '.join(digits)} on the keypad]"
             )
-
-    async def collect_digits(
-        self, count: int | None = None, prompt: str | None = None, gap: float = 5.0
-    ) -> str:
-        """IVR helper: optionally say ``prompt``, then collect ``count`` digits or up to ``#``."""
-        self._collector = DigitCollector(count)
-        try:
-            if prompt:
-                await self.session.say(prompt).wait_for_playout()
-            return await self._collector.collect(gap)
-        finally:
-            self._collector = None
 
     def _end_call_tool(self) -> Any:
         async def end_call(context: RunContext) -> None:
@@ -228,7 +213,7 @@ class VoiceAgent(Agent):
 
     async def press_keys(self, keys: str) -> str:
         """Send ``keys`` as DTMF on the call; what happened, for the LLM."""
-        digits = "".join(k for k in keys if k in "0123456789*#")
+        digits = "".join(k for k in keys if k in PHONE_KEYS)
         if self._call is None or not digits:
             return "No keys were pressed: give digits 0-9, * or #."
         try:

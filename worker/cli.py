@@ -428,7 +428,8 @@ async def _closing(engine: Any, work: Any) -> Any:
 
 
 def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
-    from .audio import AudioFileError, read_wav
+    from plugins.audio import AudioFileError, read_wav
+
     from .models import load_stt_engine
 
     try:
@@ -443,7 +444,8 @@ def cmd_transcribe(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_say(settings: Settings, args: argparse.Namespace) -> int:
-    from .audio import write_wav
+    from plugins.audio import write_wav
+
     from .models import load_tts
 
     text = args.text.strip()
@@ -471,7 +473,8 @@ def cmd_harness(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _harness(settings: Settings, scenarios: list[Any], profiles: list[Any], args: Any) -> int:
-    from .audio import write_wav
+    from plugins.audio import write_wav
+
     from .harness import ScenarioError, format_table, run_scenario
     from .models import load_models
 

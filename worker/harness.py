@@ -23,10 +23,10 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
+from plugins.audio import AudioFileError, read_wav, resample
 from telephony.loopback import LoopbackCall
 
 from . import records
-from .audio import AudioFileError, read_wav, resample
 from .call import run_call
 from .models import Models
 from .session import TurnProfile

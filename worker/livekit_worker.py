@@ -29,6 +29,7 @@ from livekit import api, rtc
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, llm
 from livekit.agents.cli import proto
 
+from plugins.audio import frame_samples
 from plugins.http import close_loop_sessions
 from plugins.lk_private import run_agent_server
 from telephony import wire
@@ -149,7 +150,7 @@ async def detect_machine(
     async for frame in frames:
         if det is None:
             det = AnsweringMachineDetector(frame.sample_rate)
-        pcm = _mono(frame)
+        pcm = frame_samples(frame)
         if result is None:
             result = det.push(pcm)
             if result is not None and (result.kind != "machine" or det.beep_heard):
@@ -167,13 +168,6 @@ async def detect_machine(
         if time.monotonic() > deadline:
             break
     return result or AmdResult("unknown", "no audio", 0.0)
-
-
-def _mono(frame: rtc.AudioFrame) -> Any:
-    import numpy as np
-
-    data = np.frombuffer(frame.data, dtype=np.int16)
-    return data.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
 
 
 async def handle_participant(

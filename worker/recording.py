@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from livekit import rtc
 
-from .audio import resample
+from plugins.audio import StreamResampler
 
 
 class CallAudioRecorder:
@@ -29,6 +29,8 @@ class CallAudioRecorder:
         self._caller: wave.Wave_write | None = self._open(self.caller_path, 16000)
         self._agent: wave.Wave_write | None = self._open(self.agent_path, agent_rate)
         self._agent_rate = agent_rate
+        self._to_16k = StreamResampler(16000)
+        """One resampler for the whole call: a new one per frame left a seam every 20 ms."""
 
     @staticmethod
     def _open(path: Path, rate: int) -> wave.Wave_write:
@@ -39,14 +41,9 @@ class CallAudioRecorder:
         return w
 
     def caller_frame(self, frame: rtc.AudioFrame) -> None:
-        pcm = np.frombuffer(frame.data, dtype=np.int16)
-        if frame.num_channels > 1:
-            pcm = pcm.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
-        if frame.sample_rate != 16000:
-            pcm = resample(pcm, frame.sample_rate, 16000)
         with self._lock:
             if self._caller is not None:
-                self._caller.writeframes(pcm.astype(np.int16).tobytes())
+                self._caller.writeframes(self._to_16k.push_frame(frame).tobytes())
 
     def agent_samples(self, pcm: np.ndarray) -> None:
         with self._lock:
@@ -55,6 +52,8 @@ class CallAudioRecorder:
 
     def close(self) -> None:
         with self._lock:
+            if self._caller is not None:
+                self._caller.writeframes(self._to_16k.flush().tobytes())
             for w in (self._caller, self._agent):
                 if w is not None:
                     w.close()

@@ -25,6 +25,7 @@ from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
+from ..audio import frames_to_float, resample_frames
 from ..http import LoopSessions
 from .stt import SAMPLE_RATE
 
@@ -78,10 +79,8 @@ class RemoteSTT(stt.STT):
         self, buffer: AudioBuffer, *, language: NotGivenOr[str] = NOT_GIVEN,
         conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:  # fmt: skip
-        from .stt import frames_to_pcm, to_16k
-
         frames = buffer if isinstance(buffer, list) else [buffer]
-        text = await self.transcribe_async(frames_to_pcm(to_16k(frames)))
+        text = await self.transcribe_async(frames_to_float(resample_frames(frames, SAMPLE_RATE)))
         lang = language if utils.is_given(language) else self.language
         return stt.SpeechEvent(
             type=stt.SpeechEventType.FINAL_TRANSCRIPT,

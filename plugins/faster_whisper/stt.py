@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from livekit import rtc
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectOptions,
@@ -42,6 +41,7 @@ from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
+from ..audio import frames_to_float, resample_frames
 from .batch import BatchDecoder
 from .decode import Decoded, WindowedDecoder, heard
 from .log import logger
@@ -67,38 +67,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="whisper")
     return _executor
-
-
-def frames_to_pcm(frames: list[rtc.AudioFrame] | rtc.AudioFrame) -> np.ndarray:
-    """Mono float32 samples of 16 kHz frames."""
-    if isinstance(frames, rtc.AudioFrame):
-        frames = [frames]
-    if not frames:
-        return np.zeros(0, dtype=np.float32)
-    parts = []
-    for f in frames:
-        data = np.frombuffer(f.data, dtype=np.int16)
-        if f.num_channels > 1:
-            data = data.reshape(-1, f.num_channels).mean(axis=1)
-        parts.append(data.astype(np.float32) / 32768.0)
-    return np.concatenate(parts)
-
-
-def to_16k(frames: list[rtc.AudioFrame]) -> list[rtc.AudioFrame]:
-    """Resample frames of one rate to 16 kHz (a no-op when they already are)."""
-    if not frames or frames[0].sample_rate == SAMPLE_RATE:
-        return frames
-    resampler = rtc.AudioResampler(
-        frames[0].sample_rate,
-        SAMPLE_RATE,
-        num_channels=frames[0].num_channels,
-        quality=rtc.AudioResamplerQuality.HIGH,
-    )
-    out: list[rtc.AudioFrame] = []
-    for f in frames:
-        out.extend(resampler.push(f))
-    out.extend(resampler.flush())
-    return out
 
 
 @dataclass(frozen=True)
@@ -211,7 +179,7 @@ class STT(stt.STT):
         conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:
         frames = buffer if isinstance(buffer, list) else [buffer]
-        pcm = frames_to_pcm(to_16k(frames))
+        pcm = frames_to_float(resample_frames(frames, SAMPLE_RATE))
         lang = language if utils.is_given(language) else self._opts.language
         text = await self.transcribe_async(pcm, lang)
         return stt.SpeechEvent(
@@ -325,7 +293,7 @@ class SpeechStream(stt.RecognizeStream):
         async def on_vad() -> None:
             async for ev in vad_stream:
                 if ev.type == agents_vad.VADEventType.START_OF_SPEECH:
-                    head = frames_to_pcm(ev.frames)
+                    head = frames_to_float(ev.frames)
                     self._utt = _Utterance(
                         id=uuid.uuid4().hex[:12], chunks=[head], samples=head.size
                     )
@@ -333,7 +301,7 @@ class SpeechStream(stt.RecognizeStream):
                 elif ev.type == agents_vad.VADEventType.INFERENCE_DONE and self._utt is not None:
                     # the utterance is built from the windows the VAD judged, so it has no
                     # gap however far the VAD lags behind the input
-                    chunk = frames_to_pcm(ev.frames)
+                    chunk = frames_to_float(ev.frames)
                     self._utt.chunks.append(chunk)
                     self._utt.samples += chunk.size
                     if ev.raw_accumulated_silence == 0.0:
@@ -342,7 +310,7 @@ class SpeechStream(stt.RecognizeStream):
                 elif ev.type == agents_vad.VADEventType.END_OF_SPEECH and self._utt is not None:
                     utt, self._utt = self._utt, None
                     utt.finalising = True
-                    pcm = frames_to_pcm(ev.frames) if ev.frames else np.concatenate(utt.chunks)
+                    pcm = frames_to_float(ev.frames) if ev.frames else np.concatenate(utt.chunks)
                     t = asyncio.create_task(finalise(utt, pcm))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)

@@ -27,8 +27,8 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
-from livekit import rtc
 
+from plugins.audio import DTMF_DIGITS, make_frame, mono
 from telephony import wire
 from telephony.call import Call
 
@@ -125,7 +125,7 @@ class WebRTCCall(Call):
             and isinstance(msg.get("digit"), str)
         ):
             digit = msg["digit"]
-            if len(digit) == 1 and digit in "0123456789*#ABCD":
+            if len(digit) == 1 and digit in DTMF_DIGITS:
                 self.dtmf_received(digit)
 
     def _send_event(self, event: dict[str, object]) -> None:
@@ -166,16 +166,12 @@ class WebRTCCall(Call):
                     continue
                 arr = frame.to_ndarray()
                 channels = len(frame.layout.channels)
-                if frame.format.is_planar:
-                    mono = arr.mean(axis=0) if arr.shape[0] > 1 else arr[0]
-                else:
-                    mono = (
-                        arr.reshape(-1, channels).mean(axis=1) if channels > 1 else arr.reshape(-1)
-                    )
-                if mono.dtype != np.int16:
-                    mono = np.clip(mono, -32768, 32767)
-                pcm = mono.astype(np.int16)
-                self.audio_input.push(rtc.AudioFrame(pcm.tobytes(), frame.sample_rate, 1, pcm.size))
+                if arr.dtype != np.int16:
+                    arr = np.clip(arr, -32768, 32767).astype(np.int16)
+                # planar: one row per channel; packed: the channels interleaved in one row
+                pcm = mono(arr.T.reshape(-1) if frame.format.is_planar else arr.reshape(-1),
+                           channels)  # fmt: skip
+                self.audio_input.push(make_frame(pcm, frame.sample_rate))
         except MediaStreamError:
             self.mark_ended("caller_disconnected")
         except asyncio.CancelledError:
