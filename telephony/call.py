@@ -66,38 +66,6 @@ class Call:
         raise NotImplementedError(f"{self.transport} calls cannot be warm-transferred")
 
 
-class DigitCollector:
-    """IVR helper: collect ``count`` digits, or up to ``#``, with a timeout between digits."""
-
-    def __init__(self, count: int | None = None, *, terminator: str = "#") -> None:
-        self.count = count
-        self.terminator = terminator
-        self.digits = ""
-        self._changed = asyncio.Event()
-        self._done = False
-
-    def feed(self, digit: str) -> None:
-        if self._done:
-            return
-        if digit == self.terminator:
-            self._done = True
-        else:
-            self.digits += digit
-            self._done = self.count is not None and len(self.digits) >= self.count
-        self._changed.set()
-
-    async def collect(self, gap: float = 5.0) -> str:
-        """The digits entered; returns early on the count or the terminator, or when no digit
-        comes for ``gap`` seconds."""
-        while not self._done:
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), gap)
-            except TimeoutError:
-                break
-        return self.digits
-
-
 class CallSlot:
     """One admitted call's place under the limit; released once, however the call ends."""
 

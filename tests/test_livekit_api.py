@@ -16,7 +16,6 @@ import pytest
 import pytest_asyncio
 from livekit import api
 
-from telephony.call import DigitCollector
 from telephony.livekit_call import CallInfo, LiveKitCall
 from telephony.provision import ProvisionError, load_spec, provision
 
@@ -156,17 +155,3 @@ async def test_hangup_deletes_the_room_and_transfer_refers(livekit: FakeLiveKit)
     await call2.hangup()
     (delete,) = livekit.calls("DeleteRoom")
     assert delete.room == "call-def" and call2.end_reason == "agent_hangup"
-
-
-async def test_digit_collector() -> None:
-    c = DigitCollector(4)
-    for d in "1234":
-        c.feed(d)
-    assert await c.collect(0.1) == "1234"
-    c = DigitCollector()
-    for d in "98#7":
-        c.feed(d)
-    assert await c.collect(0.1) == "98"
-    c = DigitCollector(6)
-    c.feed("5")
-    assert await c.collect(0.05) == "5"  # timed out between digits

@@ -104,8 +104,6 @@ class CallObserver:
     record: CallRecord | None
     output: PacedAudioOutput | None = None
     speculation: SpeculationTracker | None = None
-    barge_ins: list[BargeIn] = field(default_factory=list)
-    turn_metrics: list[dict[str, Any]] = field(default_factory=list)
     _speech_started_at: float | None = None
     _open: BargeIn | None = None
     _last_user: llm.ChatMessage | None = None
@@ -147,7 +145,6 @@ class CallObserver:
         if b is None:
             return
         b.outcome = outcome
-        self.barge_ins.append(b)
         BARGE_INS.labels(outcome).inc()
         if self.record is not None:
             self.record.write(
@@ -176,7 +173,6 @@ class CallObserver:
         extra: dict[str, Any] = {"timings": turn_timings(self._last_user, msg)}
         if self.speculation is not None:
             extra["speculative"] = self._speculation_delta()
-        self.turn_metrics.append(extra)
         return extra
 
     def _speculation_delta(self) -> dict[str, int | float]:
