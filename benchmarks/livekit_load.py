@@ -59,7 +59,7 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
         env.update(conf.env(), WORKER_LIVEKIT__METRICS_PORT="0",
                    WORKER_LIVEKIT__HTTP_PORT=str(free_port()),
-                   WORKER_LIVEKIT__MAX_CALLS=str(max(args.calls)))  # fmt: skip
+                   WORKER_MAX_CALLS=str(max(args.calls)))  # fmt: skip
         if args.llm:
             env["WORKER_LLM__EMBEDDED_MODEL"] = args.llm
         log = tmpd / "worker.log"

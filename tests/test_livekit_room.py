@@ -244,7 +244,7 @@ async def test_outbound_call_to_a_person_gets_the_normal_greeting(
     phone.say(resample(pcm, rate, 16000))
     await _until(lambda: phone.voiced_at, 15)
     settings: Settings = env["settings"]
-    assert current_load() == 1 / settings.livekit.max_calls  # reported to LiveKit
+    assert current_load() == 1 / settings.max_calls  # reported to LiveKit
     # quiet long enough that the greeting is over, not a gap between its synthesised pieces
     # (one took over 0.8 s on a loaded 2-core machine)
     await _until(lambda: time.time() - phone.voiced_at[-1] > 3.0, 30)

@@ -609,7 +609,7 @@ async def test_two_workers_share_calls_and_a_drained_one_says_goodbye(
                 start_worker, livekit_stack, data, data / "worker.log",
                 WORKER_LLM__BASE_URL=fake.url,
                 WORKER_LLM__MODEL="scripted", WORKER_LIVEKIT__AGENT_NAME="drain-agent",
-                WORKER_LIVEKIT__MAX_CALLS="1", WORKER_DRAIN_TIMEOUT="2",
+                WORKER_MAX_CALLS="1", WORKER_DRAIN_TIMEOUT="2",
             ))  # fmt: skip
 
         async def dial() -> tuple[SipCaller, int]:
@@ -676,7 +676,7 @@ async def test_a_killed_workers_call_goes_on_with_another_then_hangs_up_with_non
             workers.append(await asyncio.to_thread(
                 start_worker, livekit_stack, data, data / "worker.log",
                 WORKER_LLM__BASE_URL=fake.url, WORKER_LLM__MODEL="scripted",
-                WORKER_LIVEKIT__AGENT_NAME="kill-agent", WORKER_LIVEKIT__MAX_CALLS="1",
+                WORKER_LIVEKIT__AGENT_NAME="kill-agent", WORKER_MAX_CALLS="1",
                 WORKER_LIVEKIT__RESUME_WAIT="20",
             ))  # fmt: skip
         before = [set(w.calls()) for w in workers]

@@ -114,9 +114,7 @@ async def run_call(
     call.on_dtmf = on_dtmf
     recorder: CallAudioRecorder | None = None
     if settings.records.audio and room is None:
-        recorder = CallAudioRecorder(
-            settings.data_dir / "recordings", call.call_id, call.audio_output.rate
-        )
+        recorder = CallAudioRecorder(settings.recordings_dir, call.call_id, call.audio_output.rate)
         call.audio_input.taps.append(recorder.caller_frame)
         call.audio_output.taps.append(recorder.agent_samples)
     veto = text_veto_detector(models, turn_profile)

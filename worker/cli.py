@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
             metavar="HOST:PORT",
             help="address of the local page (default 127.0.0.1:8080)",
         )
-        sp.add_argument("--max-calls", type=int, default=4, help="concurrent local calls")
+        sp.add_argument(
+            "--max-calls", type=int, help="calls at once over every transport (max_calls)"
+        )
         sp.add_argument(
             "--sip",
             type=_host_port,
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "http", None):
             host, port = args.http
             overrides["http"] = {"host": host, "port": port}
+        if getattr(args, "max_calls", None):
+            overrides["max_calls"] = args.max_calls
         if getattr(args, "sip", None):
             host, port = args.sip
             overrides["sip"] = {"listen": f"{host}:{port}"}
@@ -197,21 +201,21 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
         livekit_worker.run(settings, dev=args.command == "dev")
         return 0
-    return asyncio.run(_serve_local(settings, args.max_calls))
+    return asyncio.run(_serve_local(settings))
 
 
-async def _serve_local(settings: Settings, max_calls: int) -> int:
+async def _serve_local(settings: Settings) -> int:
     from .local.server import LocalServer
     from .models import load_models
 
     token = settings.http.token.get_secret_value()
-    if settings.http.host not in ("127.0.0.1", "localhost", "::1") and not token:
+    if not settings.http.loopback_only and not token:
         import secrets
 
         token = secrets.token_urlsafe(18)  # the page is reachable from elsewhere: lock it
     from .recording import prune
 
-    gone = prune(settings.data_dir / "recordings", settings.records.audio_retention_days)
+    gone = prune(settings.recordings_dir, settings.records.audio_retention_days)
     if gone:
         logger.info("deleted %d call recordings past their retention", gone)
     print("loading models...", file=sys.stderr)
@@ -219,7 +223,7 @@ async def _serve_local(settings: Settings, max_calls: int) -> int:
     models = await load_models(settings)
     server = LocalServer(
         models,
-        max_calls=max_calls,
+        max_calls=settings.max_calls,
         token=token,
         ice_servers=settings.http.rtc_ice_servers(),
         allowed_origins=settings.http.allowed_origins,
@@ -294,10 +298,11 @@ async def _drain(
 
 
 async def _start_sip(settings: Settings, server: LocalServer) -> SipServer:
+    from plugins.net import is_loopback
     from telephony.sip import SipServer
 
     cfg = settings.sip.transport_config()
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.username and cfg.password):
+    if not is_loopback(cfg.host) and not (cfg.username and cfg.password):
         logger.warning(
             "SIP on %s admits only %s without authentication; set sip.username/sip.password "
             "for callers elsewhere",

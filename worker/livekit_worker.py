@@ -3,7 +3,7 @@
 Jobs run as threads of this process so that every call shares the one set of models
 (:class:`ModelHost`); each job gets its own session and call record. One call registry
 (``telephony.call.CallSlots``) admits calls, reports the load (active calls over
-``livekit.max_calls``, so LiveKit stops sending jobs to a full worker) and feeds the
+``max_calls``, so LiveKit stops sending jobs to a full worker) and feeds the
 active-calls gauge. On SIGTERM the framework drains: no new jobs, active calls go on up to
 ``drain_timeout`` seconds.
 
@@ -436,7 +436,7 @@ def build_server(settings: Settings) -> AgentServer:
     from livekit.plugins import silero  # noqa: F401
 
     global _calls
-    _calls = CallSlots(lk.max_calls)
+    _calls = CallSlots(settings.max_calls)
     metrics.count_calls_of(_calls)
 
     def prewarm(proc: JobProcess) -> None:

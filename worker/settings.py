@@ -10,6 +10,7 @@ defaults documented here. The LiveKit connection uses LiveKit's own variable nam
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import os
 import tomllib
@@ -21,8 +22,11 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    TomlConfigSettingsSource,
 )
 
+from plugins.kokoro.tts import SPEED_RANGE
+from plugins.net import is_loopback
 from worker.facts import BusinessFacts, load_facts
 from worker.turns.backchannel import DEFAULT_BACKCHANNELS, OVER_REPLY_PROMPT
 
@@ -57,6 +61,11 @@ class HTTPSettings(BaseModel):
         description="Other origins (`https://app.example.com`) whose pages may start calls; by "
         "default only the worker's own page may.",
     )
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the page is reachable from this machine only."""
+        return is_loopback(self.host)
 
     @field_validator("ice_servers")
     @classmethod
@@ -245,14 +254,15 @@ class TTSSettings(BaseModel):
         0,
         ge=0,
         description="Threads synthesising with Kokoro; 0 lets onnxruntime take one per core "
-        "(see the thread budget in the README).",
+        "(see the thread budget in docs/settings.md).",
     )
 
     @field_validator("speed")
     @classmethod
     def _speed_range(cls, v: float) -> float:
-        if not 0.5 <= v <= 2.0:
-            raise ValueError("tts.speed must be between 0.5 and 2.0")
+        low, high = SPEED_RANGE
+        if not low <= v <= high:
+            raise ValueError(f"tts.speed must be between {low} and {high}")
         return v
 
 
@@ -441,7 +451,11 @@ class SIPSettings(BaseModel):
         None, description="Address written into Contact and SDP when the worker is behind NAT."
     )
     rtp_ports: str = Field("10000-20000", description="UDP port range for RTP, `LOW-HIGH`.")
-    max_calls: int = Field(4, ge=1, description="Concurrent SIP calls; beyond it callers get 486.")
+    max_calls: int = Field(
+        4, ge=1,
+        description="Of the worker's `max_calls`, at most this many SIP calls; beyond either "
+        "callers get 486.",
+    )  # fmt: skip
     allow: list[str] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         description="Source networks admitted without authentication (CIDR).",
@@ -560,7 +574,6 @@ class LiveKitSettings(BaseModel):
     warm_transfer: bool = Field(
         False, description="Offer the LLM a warm transfer (dial, brief, hand over) as well."
     )
-    max_calls: int = Field(4, ge=1, description="Calls per worker; LiveKit stops sending more.")
     public_url: str | None = Field(
         None, description="The wss:// URL browsers use, if it differs from LIVEKIT_URL."
     )
@@ -603,7 +616,7 @@ class LiveKitSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    """Everything the worker can be told. See the README's settings table."""
+    """Everything the worker can be told. See docs/settings.md (generated from these fields)."""
 
     model_config = SettingsConfigDict(
         env_prefix="WORKER_",
@@ -616,7 +629,15 @@ class Settings(BaseSettings):
         default_factory=_default_data_dir,
         description="Models, call records and caches (`WORKER_DATA_DIR`, `--data-dir`).",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="`DEBUG`, `INFO`, `WARNING` or `ERROR` (`--log-level`)."
+    )
+    max_calls: int = Field(
+        4, ge=1,
+        description="Calls one worker takes at once over every transport (web, Twilio, SIP, "
+        "LiveKit; `--max-calls`); beyond it callers are refused, and a LiveKit worker reports "
+        "itself full.",
+    )  # fmt: skip
     drain_timeout: float = Field(
         300.0, ge=0,
         description="After SIGTERM, seconds active calls may go on before the agent says "
@@ -648,6 +669,11 @@ class Settings(BaseSettings):
     def calls_dir(self) -> Path:
         return self.data_dir / "calls"
 
+    @property
+    def recordings_dir(self) -> Path:
+        """Where call audio goes when ``records.audio`` is on."""
+        return self.data_dir / "recordings"
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -657,29 +683,32 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            _LiveKitEnvSource(settings_cls),
-            _TomlSource(settings_cls),
-        )
+        sources = [init_settings, env_settings, _LiveKitEnvSource(settings_cls)]
+        path = _config_file.get() or os.environ.get("WORKER_CONFIG")
+        if path:
+            check_toml(Path(path))  # a clear error, not the TOML library's own
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
 
 
 class SettingsError(ValueError):
     """A settings file or value that cannot be used, with a message for humans."""
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    """Reads the optional TOML file named by ``WORKER_CONFIG``."""
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "config_file", default=None
+)
+"""The settings file ``load_settings`` was given (``--config``); else ``WORKER_CONFIG``."""
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("WORKER_CONFIG")
-        if not path:
-            return {}
-        return load_toml(Path(path))
+LIVEKIT_ENV = {
+    "url": "LIVEKIT_URL",
+    "api_key": "LIVEKIT_API_KEY",
+    "api_secret": "LIVEKIT_API_SECRET",
+    "agent_name": "LIVEKIT_AGENT_NAME",
+    "outbound_trunk": "LIVEKIT_OUTBOUND_TRUNK",
+}
+"""``settings.livekit`` fields also read from LiveKit's conventional variable names."""
 
 
 class _LiveKitEnvSource(PydanticBaseSettingsSource):
@@ -689,18 +718,11 @@ class _LiveKitEnvSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        mapping = {
-            "url": "LIVEKIT_URL",
-            "api_key": "LIVEKIT_API_KEY",
-            "api_secret": "LIVEKIT_API_SECRET",
-            "agent_name": "LIVEKIT_AGENT_NAME",
-            "outbound_trunk": "LIVEKIT_OUTBOUND_TRUNK",
-        }
-        found = {k: os.environ[v] for k, v in mapping.items() if os.environ.get(v)}
+        found = {k: os.environ[v] for k, v in LIVEKIT_ENV.items() if os.environ.get(v)}
         return {"livekit": found} if found else {}
 
 
-def load_toml(path: Path) -> dict[str, Any]:
+def check_toml(path: Path) -> dict[str, Any]:
     """Parse a settings file, turning every failure into a :class:`SettingsError`."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -713,12 +735,13 @@ def load_toml(path: Path) -> dict[str, Any]:
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings, with an explicit config file and CLI overrides on top."""
-    if config is not None:
-        os.environ["WORKER_CONFIG"] = str(config)
     clean = {k: v for k, v in overrides.items() if v is not None}
+    token = _config_file.set(config)
     try:
         return Settings(**clean)
     except SettingsError:
         raise
     except ValueError as e:
         raise SettingsError(str(e)) from e
+    finally:
+        _config_file.reset(token)

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .tts import SAMPLE_RATE, TTS
+from .tts import SAMPLE_RATE, SPEED_RANGE, TTS
 
 logger = logging.getLogger("plugins.kokoro.server")
 MAX_INPUT_CHARS = 4096
@@ -62,7 +62,7 @@ class KokoroServer:
         if fmt != "pcm":
             return _bad("only response_format 'pcm' (24 kHz 16-bit mono) is served")
         speed = body.get("speed", 1.0)
-        if not isinstance(speed, int | float) or not 0.5 <= speed <= 2.0:
+        if not isinstance(speed, int | float) or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
             return _bad("'speed' must be between 0.5 and 2.0")
         resp = web.StreamResponse(headers={
             "Content-Type": "audio/pcm", "X-Sample-Rate": str(SAMPLE_RATE),

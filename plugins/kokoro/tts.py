@@ -100,6 +100,10 @@ class PieceCache:
         return len(self._audio)
 
 
+SPEED_RANGE = (0.5, 2.0)
+"""Speaking rates Kokoro sounds natural at (1.0 is its own pace)."""
+
+
 class UnknownVoiceError(ValueError):
     """A voice name the loaded voice table does not have."""
 
@@ -182,8 +186,8 @@ class TTS(tts.TTS):
             raise UnknownVoiceError(
                 f"unknown Kokoro voice {opts.voice!r}; valid voices: {', '.join(voices)}"
             )
-        if not 0.5 <= opts.speed <= 2.0:
-            raise ValueError(f"Kokoro speed must be between 0.5 and 2.0, got {opts.speed}")
+        if not SPEED_RANGE[0] <= opts.speed <= SPEED_RANGE[1]:
+            raise ValueError(f"Kokoro speed must be within {SPEED_RANGE}, got {opts.speed}")
         self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
         self.pieces = PieceCache()
         self.openings = [0, 0]

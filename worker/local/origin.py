@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 
 from aiohttp import web
 from yarl import URL
+
+from plugins.net import is_loopback
 
 
 def cross_site(request: web.Request, bound_host: str, allowed_origins: set[str]) -> str:
@@ -25,8 +26,8 @@ def cross_site(request: web.Request, bound_host: str, allowed_origins: set[str])
     given = origin.rstrip("/").lower()
     if given in allowed_origins:
         return ""
-    loopback = _is_loopback(bound_host)
-    if loopback and not _is_loopback(request.url.host or ""):
+    loopback = is_loopback(bound_host)
+    if loopback and not is_loopback(request.url.host or ""):
         return (
             f"unexpected Host {request.host[:60]!r} for a server on loopback "
             "(behind a proxy, add the page's origin to http.allowed_origins)"
@@ -36,16 +37,6 @@ def cross_site(request: web.Request, bound_host: str, allowed_origins: set[str])
     if loopback and given.startswith(("http://", "https://")):
         with contextlib.suppress(ValueError):
             url = URL(given)
-            if _is_loopback(url.host or "") and url.port == request.url.port:
+            if is_loopback(url.host or "") and url.port == request.url.port:
                 return ""  # the same page under another loopback name (localhost, ::1)
     return f"cross-origin request from {origin[:80]!r}"
-
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
