@@ -7,7 +7,7 @@ clause, or about four words) and each first piece is synthesised warm, ``--runs`
 three voices; beside it the same replies' first six words and whole first sentence, for
 what the short cut buys. Each is measured on an idle machine and beside a busy loop at nice
 10 on one core, which is where the embedded LLM's generation thread sits while the first
-piece is synthesised (README "Thread budget"). Medians in ms, into
+piece is synthesised (docs/settings.md, "Thread budget"). Medians in ms, into
 ``benchmarks/results/tts_first_piece.json``.
 
     python benchmarks/tts_first_piece.py [--runs 3]

@@ -3,7 +3,7 @@
 Runs the conversation scenario (voice-to-voice) and the barge-in scenarios (backchannel,
 interruption, noise burst; with a long greeting to talk over) under both turn profiles,
 alternating profiles run by run so both see the same machine load, then writes
-``benchmarks/results/turn_taking.json`` and prints a Markdown table for the README.
+``benchmarks/results/turn_taking.json`` and prints a Markdown table for docs/benchmarks.md.
 
     python benchmarks/turn_taking.py [--runs 3] [--out benchmarks/results/turn_taking.json]
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import SettingsError, load_settings
+from worker.settings import Settings, SettingsError, load_settings
 
 
 def test_defaults_are_documented_and_local(no_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,3 +61,43 @@ def test_out_of_range_value_is_rejected(no_env: None, monkeypatch: pytest.Monkey
     monkeypatch.setenv("WORKER_TTS__SPEED", "5")
     with pytest.raises(SettingsError, match="speed"):
         load_settings()
+
+
+def test_the_settings_reference_is_generated_from_the_fields() -> None:
+    """docs/settings.md's table is what the fields say now (regenerate it with
+    `python -m worker.settings_doc`), and every field says what it is for."""
+    from worker import settings_doc
+
+    doc = settings_doc.DOC.read_text(encoding="utf-8")
+    assert settings_doc.render(doc) == doc, "run python -m worker.settings_doc"
+    for name, info in settings_doc._fields(Settings):
+        assert info.description, f"{name} has no description"
+    assert "`WORKER_TTS__VOICE` | `tts.voice` | `af_heart` |" in doc
+    assert "`LIVEKIT_URL` or `WORKER_LIVEKIT__URL`" in doc
+
+
+def test_every_link_in_the_docs_resolves() -> None:
+    """README and docs/ link to each other's files and headings; none may point nowhere."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+    def anchors(page: Path) -> set[str]:
+        heads = re.findall(r"^#+ (.+)$", page.read_text(encoding="utf-8"), flags=re.M)
+        return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+    linked = {p.name for p in pages}
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, frag = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            assert dest.exists(), f"{page.name} links to missing {target}"
+            if frag:
+                assert frag in anchors(dest), f"{page.name} links to missing heading {target}"
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for doc in (root / "docs").glob("*.md"):
+        assert f"(docs/{doc.name})" in readme, f"README does not link docs/{doc.name}"
+    assert linked
