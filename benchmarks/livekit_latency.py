@@ -43,6 +43,18 @@ from tests.sip_tools import SipCaller  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.web.server import mint_token  # noqa: E402
 
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m worker dev` against the LiveKit server in ``env``, once it has registered."""
+    worker = subprocess.Popen([sys.executable, "-m", "worker", "dev"], env=env,
+                              stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    while b"registered worker" not in log.read_bytes():
+        if worker.poll() is not None:
+            sys.exit("the worker did not start:\n" + log.read_text()[-2000:])
+        time.sleep(0.2)
+    return worker
+
+
 LINES = [
     "Hi, what time do you open tomorrow?",
     "Do you have a vegetarian menu?",
@@ -155,20 +167,14 @@ def main() -> int:
         spec.write_text(SPEC)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
         env.update(conf.env())
-        subprocess.run([sys.executable, "-m", "telephony", "provision", str(spec)], env=env,
+        subprocess.run([sys.executable, "-m", "worker", "provision", str(spec)], env=env,
                        check=True, capture_output=True)  # fmt: skip
         wenv = {**env, "WORKER_LIVEKIT__METRICS_PORT": "0",
                 "WORKER_LIVEKIT__HTTP_PORT": str(free_port())}  # fmt: skip
         if args.llm:
             wenv["WORKER_LLM__EMBEDDED_MODEL"] = args.llm
-        log = tmpd / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "worker", "dev"], env=wenv,
-                                  stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # fmt: skip
+        worker = start_worker(wenv, tmpd / "worker.log")
         try:
-            while b"registered worker" not in log.read_bytes():
-                if worker.poll() is not None:
-                    sys.exit("the worker did not start:\n" + log.read_text()[-2000:])
-                time.sleep(0.2)
             results: dict[str, list[float]] = {"livekit-rtc": [], "livekit-sip": []}
             answers: list[float] = []
             greetings: dict[str, list[float]] = {"livekit-rtc": [], "livekit-sip": []}

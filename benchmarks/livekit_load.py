@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +29,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.livekit_latency import LINES, pct, rtc_call, speak  # noqa: E402
+from benchmarks.livekit_latency import LINES, pct, rtc_call, speak, start_worker  # noqa: E402
 from infra import livekit as stack  # noqa: E402
 from plugins.net import free_port  # noqa: E402
 
@@ -62,14 +61,8 @@ def main() -> int:
                    WORKER_MAX_CALLS=str(max(args.calls)))  # fmt: skip
         if args.llm:
             env["WORKER_LLM__EMBEDDED_MODEL"] = args.llm
-        log = tmpd / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "worker", "dev"], env=env,
-                                  stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # fmt: skip
+        worker = start_worker(env, tmpd / "worker.log")
         try:
-            while b"registered worker" not in log.read_bytes():
-                if worker.poll() is not None:
-                    sys.exit("the worker did not start:\n" + log.read_text()[-2000:])
-                time.sleep(0.2)
             ps = psutil.Process(worker.pid)
             time.sleep(2)
             idle_mb = tree_rss(ps) / 2**20

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from livekit import rtc
@@ -139,6 +141,14 @@ def resample_frames(frames: list[rtc.AudioFrame], dst: int) -> list[rtc.AudioFra
     r = StreamResampler(dst, rtc.AudioResamplerQuality.HIGH)
     pcm = np.concatenate([*(r.push_frame(f) for f in frames), r.flush()])
     return [make_frame(pcm, dst)] if pcm.size else []
+
+
+def start_pcm_stream(emitter: Any, sample_rate: int) -> str:
+    """Open a TTS stream's audio emitter for raw mono int16 PCM; the request id it was given."""
+    request_id = uuid.uuid4().hex[:12]
+    emitter.initialize(request_id=request_id, sample_rate=sample_rate, num_channels=1,
+                       mime_type="audio/pcm", stream=True)  # fmt: skip
+    return request_id
 
 
 # --- pacing ---------------------------------------------------------------------------------

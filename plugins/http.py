@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
+from aiohttp import web
 
 _lock = threading.Lock()
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[aiohttp.ClientSession]] = (
@@ -56,3 +57,48 @@ async def close_loop_sessions() -> None:
     for session in sessions:
         if not session.closed:
             await session.close()
+
+
+class AppServer:
+    """Serves ``self.app`` on one address: the start and stop every HTTP server here shares."""
+
+    app: web.Application
+    _runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:  # the port is taken: leave nothing half started
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+async def sse_data(
+    content: aiohttp.StreamReader, *, first_wait: float | None = None,
+    each_wait: float | None = None,
+) -> AsyncIterator[str]:  # fmt: skip
+    """The ``data:`` payloads of a server-sent event stream (OpenAI's streaming format), up to
+    ``[DONE]`` or the end of the body. ``first_wait`` bounds the wait for the first payload (in
+    seconds), ``each_wait`` each one after it (``TimeoutError`` when exceeded; None: no bound)."""
+    wait = first_wait
+    while True:
+        async with asyncio.timeout(wait):
+            line = await content.readline()
+        if not line:
+            return
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            continue  # blank separators, comments, other fields
+        data = line[5:].strip().decode("utf-8", "replace")
+        if data == "[DONE]":
+            return
+        yield data
+        wait = each_wait

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from plugins.http import AppServer
+
 from .settings import Settings
 
 
@@ -79,13 +81,9 @@ async def _stt_server(settings: Settings, host: str, port: int) -> int:
 
     from .models import load_stt
 
-    server = STTServer(load_stt(settings))
-    try:
-        await server.start(host, port)
-    except OSError as e:
-        raise OpsError(f"cannot listen on {host}:{port}: {e}") from e
-    print(f"STT server on ws://{host}:{port}/v1/listen", flush=True)
-    await serve_until_signalled(server.stop)
+    await _serve(
+        STTServer(load_stt(settings)), host, port, f"STT server on ws://{host}:{port}/v1/listen"
+    )
     return 0
 
 
@@ -104,14 +102,20 @@ async def _tts_server(settings: Settings, host: str, port: int) -> int:
 
     tts = load_tts(settings)
     assert isinstance(tts, KokoroTTS)
-    server = KokoroServer(tts)
+    await _serve(
+        KokoroServer(tts), host, port, f"Kokoro server on http://{host}:{port}/v1/audio/speech"
+    )
+    return 0
+
+
+async def _serve(server: AppServer, host: str, port: int, ready: str) -> None:
+    """Listen, say where (a supervisor may wait for this line), and serve until signalled."""
     try:
         await server.start(host, port)
     except OSError as e:
         raise OpsError(f"cannot listen on {host}:{port}: {e}") from e
-    print(f"Kokoro server on http://{host}:{port}/v1/audio/speech", flush=True)
+    print(ready, flush=True)
     await serve_until_signalled(server.stop)
-    return 0
 
 
 # --- LiveKit SIP ----------------------------------------------------------------------------

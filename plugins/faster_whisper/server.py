@@ -25,6 +25,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from livekit import rtc
 from livekit.agents import stt as agents_stt
 
+from ..http import AppServer
 from .batch import BatchDecoder
 from .stt import STT
 
@@ -40,7 +41,7 @@ _KINDS = {
 }
 
 
-class STTServer:
+class STTServer(AppServer):
     def __init__(self, stt: STT, *, max_streams: int = 64) -> None:
         self.stt = stt
         self.batcher = BatchDecoder(stt.whisper, stt.language)
@@ -55,7 +56,6 @@ class STTServer:
                 web.get("/healthz", self._health),
             ]
         )
-        self._runner: web.AppRunner | None = None
 
     async def _health(self, _r: web.Request) -> web.Response:
         s = self.batcher.stats
@@ -135,12 +135,6 @@ class STTServer:
                 await ws.close()
         return ws
 
-    async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().stop()
         await self.batcher.aclose()

@@ -19,13 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
+from ..http import AppServer
 from .tts import SAMPLE_RATE, SPEED_RANGE, TTS
 
 logger = logging.getLogger("plugins.kokoro.server")
 MAX_INPUT_CHARS = 4096
 
 
-class KokoroServer:
+class KokoroServer(AppServer):
     def __init__(self, tts: TTS) -> None:
         self.tts = tts
         self.active = 0
@@ -35,7 +36,6 @@ class KokoroServer:
             web.post("/v1/audio/speech", self._speech), web.get("/v1/audio/voices", self._voices),
             web.get("/healthz", self._health),
         ])  # fmt: skip
-        self._runner: web.AppRunner | None = None
 
     async def _voices(self, _r: web.Request) -> web.Response:
         return web.json_response({"voices": self.tts.voices})
@@ -82,15 +82,6 @@ class KokoroServer:
         finally:
             self.active -= 1
         return resp
-
-    async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 def _bad(reason: str) -> web.Response:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from livekit.agents import (
     tts,
 )
 
+from ..audio import start_pcm_stream
 from ..http import LoopSessions
 from ..lk_private import synthesize_with_stream
 from .log import logger
@@ -292,14 +292,7 @@ class SynthesizeStream(tts.SynthesizeStream):
         self._kokoro_tts = tts
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        request_id = uuid.uuid4().hex[:12]
-        output_emitter.initialize(
-            request_id=request_id,
-            sample_rate=SAMPLE_RATE,
-            num_channels=1,
-            mime_type="audio/pcm",
-            stream=True,
-        )
+        request_id = start_pcm_stream(output_emitter, SAMPLE_RATE)
         sentences = self._kokoro_tts._sentences.stream()
         # pieces to speak, in order: the early head of the reply, then sentence pieces
         pieces: asyncio.Queue[str | None] = asyncio.Queue()

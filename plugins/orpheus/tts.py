@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +30,8 @@ from livekit.agents import (
     tts,
 )
 
-from ..http import LoopSessions
+from ..audio import start_pcm_stream, to_int16
+from ..http import LoopSessions, sse_data
 from ..lk_private import synthesize_with_stream
 from .decoder import SAMPLE_RATE, SAMPLES_PER_FRAME, WINDOW_FRAMES
 from .log import logger
@@ -162,11 +162,7 @@ class SynthesizeStream(tts.SynthesizeStream):
         self._orpheus = tts
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        request_id = uuid.uuid4().hex[:12]
-        output_emitter.initialize(
-            request_id=request_id, sample_rate=SAMPLE_RATE, num_channels=1,
-            mime_type="audio/pcm", stream=True,
-        )  # fmt: skip
+        request_id = start_pcm_stream(output_emitter, SAMPLE_RATE)
         o = self._orpheus.opts
         sentences = self._orpheus._sentences.stream()
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
@@ -202,8 +198,7 @@ class SynthesizeStream(tts.SynthesizeStream):
                 async for audio in self._speak(text):
                     out = trimmer.push(audio)
                     if out.size:
-                        pcm = (np.clip(out, -1.0, 1.0) * 32767).astype(np.int16)
-                        output_emitter.push(pcm.tobytes())
+                        output_emitter.push(to_int16(out).tobytes())
             if started:
                 output_emitter.end_segment()
         finally:
@@ -247,13 +242,7 @@ class SynthesizeStream(tts.SynthesizeStream):
                     f"speech server answered {resp.status}", status_code=resp.status,
                     body=(await resp.text())[:500],
                 )  # fmt: skip
-            async for raw in resp.content:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
+            async for data in sse_data(resp.content):
                 try:
                     piece = json.loads(data)["choices"][0].get("text") or ""
                 except (ValueError, KeyError, IndexError, TypeError):

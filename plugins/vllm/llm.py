@@ -27,7 +27,7 @@ from livekit.agents import (
 from livekit.agents.llm import ToolChoice
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
-from ..http import LoopSessions
+from ..http import LoopSessions, sse_data
 from .log import logger
 from .tool_text import ToolCallSplitter
 
@@ -187,17 +187,7 @@ class LLMStream(llm.LLMStream):
                         body=text,
                         retryable=resp.status >= 500 or resp.status == 429,
                     )
-                while True:
-                    async with asyncio.timeout(wait):
-                        line = await resp.content.readline()
-                    if not line:
-                        break
-                    line = line.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        break
+                async for data in sse_data(resp.content, first_wait=wait, each_wait=opts.timeout):
                     self._handle(json.loads(data), request_id, tool_calls)
                     wait = opts.timeout
         except TimeoutError as e:

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceServer
 
+from plugins.http import AppServer
 from telephony import twilio, wire
 from telephony.call import Call, CallSlot, CallSlots
 
@@ -40,7 +41,7 @@ MAX_OFFER_BYTES = 64 * 1024
 TOKEN_COOKIE = "voice_worker_token"
 
 
-class LocalServer:
+class LocalServer(AppServer):
     """The page, the offer endpoint and the calls it started."""
 
     def __init__(
@@ -62,7 +63,6 @@ class LocalServer:
         self._calls: dict[str, Call] = {}
         self._phone_calls: dict[str, Call] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._runner: web.AppRunner | None = None
         self.draining = False
         self.app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[self._guard])
         self.app.add_routes(
@@ -135,11 +135,9 @@ class LocalServer:
             if not twilio.signature_valid(token, url, request.headers.get("X-Twilio-Signature")):
                 logger.warning("twilio stream refused: bad or missing signature")
                 return _error(403, "invalid X-Twilio-Signature")
-        if self.draining:
-            return _error(503, "the worker is shutting down; try again shortly")
-        slot = self.slots.take()  # before any await: a burst admits exactly the limit
-        if slot is None:
-            return _error(503, f"busy: {self.slots.in_use} calls in progress")
+        slot = self._admit()
+        if isinstance(slot, web.Response):
+            return slot
         try:
             return await self._twilio_stream(request)
         finally:
@@ -214,12 +212,20 @@ class LocalServer:
         body, content_type = metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def _offer(self, request: web.Request) -> web.Response:
+    def _admit(self) -> CallSlot | web.Response:
+        """A place for one more call, or the 503 that says why there is none. Taken before
+        any await, so a burst of requests admits exactly the limit."""
         if self.draining:
             return _error(503, "the worker is shutting down; try again shortly")
-        slot = self.slots.take()  # before any await: a burst admits exactly the limit
+        slot = self.slots.take()
         if slot is None:
             return _error(503, f"busy: {self.slots.in_use} calls in progress")
+        return slot
+
+    async def _offer(self, request: web.Request) -> web.Response:
+        slot = self._admit()
+        if isinstance(slot, web.Response):
+            return slot
         try:
             response = await self._answer_offer(request, slot)
         except BaseException:
@@ -274,10 +280,7 @@ class LocalServer:
 
     async def start(self, host: str, port: int) -> None:
         self._bound_host = host
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        await super().start(host, port)
 
     async def stop(self) -> None:
         """Hang up every call, then stop serving."""
@@ -287,8 +290,7 @@ class LocalServer:
         if self._tasks:
             with contextlib.suppress(Exception):
                 await asyncio.wait(self._tasks, timeout=10)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().stop()
 
 
 def _error(status: int, reason: str) -> web.Response:

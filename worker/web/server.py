@@ -21,6 +21,8 @@ from livekit import api
 from livekit.protocol import agent_dispatch as dispatch_pb
 from livekit.protocol import room as room_pb
 
+from plugins.http import AppServer
+
 from ..local.origin import cross_site
 from ..settings import Settings
 
@@ -51,7 +53,7 @@ def mint_token(settings: Settings, room: str, identity: str) -> str:
     )
 
 
-class WebClientServer:
+class WebClientServer(AppServer):
     """``GET /`` the page, ``GET /livekit-client.umd.js`` the SDK, ``POST /token`` access."""
 
     def __init__(self, settings: Settings) -> None:
@@ -66,7 +68,6 @@ class WebClientServer:
                 web.post("/token", self._token),
             ]
         )
-        self._runner: web.AppRunner | None = None
 
     @web.middleware
     async def _same_site(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -106,10 +107,4 @@ class WebClientServer:
 
     async def start(self, host: str, port: int) -> None:
         self._host = host
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().start(host, port)
