@@ -155,8 +155,7 @@ async def _converse(
 async def _sip_run(
     models: Models, local: LocalServer, voice: Voice
 ) -> tuple[list[float], float | None]:
-    cfg = models.settings.sip.transport_config()
-    cfg.port = 0
+    cfg = models.settings.sip.model_copy(update={"listen": "127.0.0.1:0"})
     server = SipServer(cfg, on_call=local.run_phone_call)
     await server.start()
     caller = SipCaller(server.address)

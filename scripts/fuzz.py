@@ -301,7 +301,7 @@ def _drain(sock: socket.socket) -> list[bytes]:
 
 
 async def fuzz_sip(rng: random.Random, n: int, rep: Report) -> None:
-    from telephony.sip import SipCall, SipConfig, SipServer
+    from telephony.sip import SipCall, SipServer, SIPSettings
 
     async def hold(call: SipCall) -> None:
         with contextlib.suppress(TimeoutError):
@@ -316,7 +316,9 @@ async def fuzz_sip(rng: random.Random, n: int, rep: Report) -> None:
 
     handler = Catch()
     logging.getLogger("telephony").addHandler(handler)
-    server = SipServer(SipConfig(port=0, max_calls=4, rtp_timeout=1.0), on_call=hold)
+    server = SipServer(
+        SIPSettings(listen="127.0.0.1:0", max_calls=4, rtp_timeout=1.0), on_call=hold
+    )
     await server.start()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))

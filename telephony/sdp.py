@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .wire import WireError, integer
@@ -129,7 +130,7 @@ def _int(text: str, what: str, hi: int) -> int:
         raise SdpError(f"bad {what} in m= line") from e
 
 
-def negotiate(offer: AudioDescription, codecs: list[str]) -> Negotiated:
+def negotiate(offer: AudioDescription, codecs: Sequence[str]) -> Negotiated:
     """Answer an offer: the G.711 formats we allow, in the caller's order of preference."""
     ours: dict[int, str] = {}
     dtmf: int | None = None
@@ -156,7 +157,7 @@ def negotiate(offer: AudioDescription, codecs: list[str]) -> Negotiated:
     )
 
 
-def accept_answer(answer: AudioDescription, codecs: list[str]) -> Negotiated:
+def accept_answer(answer: AudioDescription, codecs: Sequence[str]) -> Negotiated:
     """Read the caller's answer to our offer (a delayed-offer INVITE answered in the ACK)."""
     return negotiate(answer, codecs)
 
@@ -188,7 +189,7 @@ class SessionWriter:
         ]
         return "\r\n".join(lines) + "\r\n"
 
-    def offer(self, codecs: list[str]) -> str:
+    def offer(self, codecs: Sequence[str]) -> str:
         """Our offer: every codec we allow plus telephone-event."""
         pts = {"PCMU": 0, "PCMA": 8}
         order = [pts[c] for c in codecs if c in pts]

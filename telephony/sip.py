@@ -7,6 +7,10 @@ NOTIFY (transfer progress) are handled, and the agent can hang up (BYE) or cold-
 (REFER). Responses to retransmitted requests are replayed; our 2xx and our requests are
 retransmitted on UDP's T1/T2 timers.
 
+The server is this module; the parts it uses live beside it: messages (``sip_message``),
+admission and digest auth (``sip_auth``), retransmission and client transactions
+(``sip_transactions``), the dialog and its state (``sip_dialog``), settings (``sip_settings``).
+
 Admission: a source allow-list, digest authentication (MD5, qop=auth) for everyone else when
 credentials are set, a per-source limit on failed attempts, and a maximum number of calls
 (486 beyond it; 503 while draining). Anything malformed gets its SIP error (400, 415, 481,
@@ -17,32 +21,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import ipaddress
 import logging
 import secrets
 import socket
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, cast
-
-import numpy as np
-from livekit import rtc
 
 from plugins.audio import DTMF_DIGITS
 
 from . import sdp
-from .call import Call, CallSlot, CallSlots
-from .rtp import RATE, RtpSession
+from .call import CallSlot, CallSlots
+from .rtp import RtpSession
+from .sip_auth import Admission, DigestAuth
+from .sip_dialog import DialogState, SipCall, TransferError
 from .sip_message import (
     SipMessage,
     SipParseError,
     error_from_headers,
     new_branch,
-    new_tag,
     param,
     parse,
     response,
@@ -50,206 +47,20 @@ from .sip_message import (
     tag,
     uri_host_port,
     uri_of,
-    uri_user,
 )
+from .sip_settings import SIPSettings
+from .sip_transactions import TIMER_B, ClientTransactions, retransmit
 from .wire import WireError, integer
+
+__all__ = ["DialogState", "SIPSettings", "SipCall", "SipServer", "TransferError"]
 
 logger = logging.getLogger("telephony.sip")
 
-T1, T2 = 0.5, 4.0
-TIMER_B = 64 * T1  # give up on a transaction after 32 s
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY, REFER"
 KNOWN_METHODS = {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "PRACK", "UPDATE", "REFER"}
 
 
-@dataclass
-class SipConfig:
-    """How the SIP endpoint listens and whom it lets in (see the README's settings table)."""
-
-    host: str = "127.0.0.1"
-    port: int = 5060
-    public_address: str | None = None
-    rtp_ports: tuple[int, int] = (10000, 20000)
-    max_calls: int = 4
-    allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    username: str = ""
-    password: str = ""
-    realm: str = "voice-worker"
-    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA"])
-    answer_delay: float = 0.0
-    jitter_packets: int = 3
-    rtp_timeout: float = 30.0
-    symmetric_rtp: bool = False
-    transfer_wait: float = 5.0
-    max_auth_failures: int = 10
-    user_agent: str = "voice-worker"
-
-
-class TransferError(RuntimeError):
-    """The far end refused or failed the transfer; the call goes on."""
-
-
-# -- digest authentication ------------------------------------------------------------------
-
-
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
-
-
-def _same(given: str, expected: str) -> bool:
-    """Constant-time comparison of text from the network (any characters, never an error)."""
-    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
-
-
-class DigestAuth:
-    """RFC 2617/7616 MD5 digest with stateless, time-limited nonces."""
-
-    NONCE_TTL = 300.0
-
-    def __init__(self, realm: str, username: str, password: str) -> None:
-        self.realm, self.username, self._password = realm, username, password
-        self._key = secrets.token_bytes(16)
-
-    def nonce(self) -> str:
-        stamp = f"{time.time():.0f}"
-        mac = hmac.new(self._key, stamp.encode(), hashlib.sha256).hexdigest()[:24]
-        return f"{stamp}.{mac}"
-
-    def _nonce_state(self, nonce: str) -> str:
-        stamp, _, mac = nonce.partition(".")
-        good = hmac.new(self._key, stamp.encode(), hashlib.sha256).hexdigest()[:24]
-        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12) or not _same(mac, good):
-            return "bad"
-        return "stale" if time.time() - int(stamp) > self.NONCE_TTL else "ok"
-
-    def challenge(self, stale: bool = False) -> str:
-        return f'Digest realm="{self.realm}", nonce="{self.nonce()}", algorithm=MD5, qop="auth"' + (
-            ", stale=true" if stale else ""
-        )
-
-    def check(self, method: str, header: str | None) -> str:
-        """``ok``, ``stale`` (re-challenge quietly) or ``bad``."""
-        if not header or not header.lower().startswith("digest "):
-            return "missing"
-        p: dict[str, str] = {}
-        for part in split_list(header[7:]):
-            k, _, v = part.partition("=")
-            p[k.strip().lower()] = v.strip().strip('"')
-        if p.get("username") != self.username or p.get("realm") != self.realm:
-            return "bad"
-        if p.get("algorithm", "MD5").upper() != "MD5":
-            return "bad"
-        state = self._nonce_state(p.get("nonce", ""))
-        if state != "ok":
-            return state
-        ha1 = _md5(f"{self.username}:{self.realm}:{self._password}")
-        ha2 = _md5(f"{method}:{p.get('uri', '')}")
-        if p.get("qop"):
-            nc, cnonce = p.get("nc", ""), p.get("cnonce", "")
-            expected = _md5(f"{ha1}:{p['nonce']}:{nc}:{cnonce}:auth:{ha2}")
-        else:
-            expected = _md5(f"{ha1}:{p['nonce']}:{ha2}")
-        return "ok" if _same(expected, p.get("response", "")) else "bad"
-
-
-# -- the call -------------------------------------------------------------------------------
-
-
-class SipCall(Call):
-    """One SIP dialog and its RTP session, seen by the agent as a :class:`Call`."""
-
-    transport = "sip"
-
-    def __init__(self, server: SipServer, invite: SipMessage, source: tuple[str, int]) -> None:
-        from_hdr = invite.get("from") or ""
-        super().__init__(
-            f"sip-{secrets.token_hex(6)}", output_rate=RATE, caller=uri_user(uri_of(from_hdr))
-        )
-        self.server = server
-        self.sip_call_id = invite.call_id
-        self.local_tag = new_tag()
-        self.remote_tag = tag(from_hdr) or ""
-        self.local_uri = uri_of(invite.get("to") or "")
-        self.remote_from = from_hdr
-        self.local_to = f"{invite.get('to')};tag={self.local_tag}"
-        contact = invite.get("contact")
-        self.remote_target = uri_of(contact) if contact else f"sip:{source[0]}:{source[1]}"
-        self.route_set = invite.get_all("record-route")
-        self.source = source
-        self.local_cseq = secrets.randbelow(10_000) + 1
-        self.remote_cseq = invite.cseq[0]
-        self.invite = invite
-        self.invite_branch = invite.branch
-        self.confirmed = False
-        self.answered = False
-        self.terminated = False
-        self.offer_in_invite = bool(invite.body)
-        self.rtp: RtpSession | None = None
-        self.sdp: sdp.SessionWriter | None = None
-        self.notify_waiter: asyncio.Future[int] | None = None
-        self.ringing_task: asyncio.Task[None] | None = None
-        self.watch_task: asyncio.Task[None] | None = None
-
-    def receive_audio(self, pcm: np.ndarray) -> None:
-        self.audio_input.push(rtc.AudioFrame(pcm.tobytes(), RATE, 1, pcm.size))
-
-    async def hangup(self, reason: str = "agent_hangup") -> None:
-        """End the call and send BYE (the agent's hang-up tool ends here)."""
-        self.mark_ended(reason)
-        if self.answered and not self.terminated:
-            self.terminated = True
-            await self.server.send_in_dialog(self, "BYE")
-
-    async def transfer(self, target: str) -> None:
-        """Cold transfer: REFER the caller to ``target``; on acceptance we leave the call."""
-        if not target.lower().startswith(("sip:", "sips:", "tel:")):
-            target = f"sip:{target}"
-        loop = asyncio.get_running_loop()
-        self.notify_waiter = loop.create_future()
-        resp = await self.server.send_in_dialog(
-            self, "REFER",
-            [("refer-to", f"<{target}>"), ("referred-by", f"<{self.local_uri}>")],
-        )  # fmt: skip
-        if resp is None or resp.status is None or resp.status >= 300:
-            code = resp.status if resp is not None else "no answer"
-            raise TransferError(f"transfer to {target} refused ({code})")
-        try:
-            final = await asyncio.wait_for(
-                asyncio.shield(self.notify_waiter), self.server.config.transfer_wait
-            )
-        except TimeoutError:
-            final = 202  # accepted and still ringing: a cold transfer leaves anyway
-        if final >= 300:
-            raise TransferError(f"transfer to {target} failed ({final})")
-        await self.hangup("transferred")
-
-    async def send_dtmf(self, digits: str) -> None:
-        if self.rtp is None or self.rtp.dtmf_pt is None:
-            raise NotImplementedError("the caller did not offer telephone-event")
-        self.rtp.queue_dtmf(digits)
-
-    async def close(self) -> None:
-        if not self.terminated and self.answered:
-            with contextlib.suppress(Exception):
-                await self.hangup(self.end_reason)
-        self.mark_ended(self.end_reason)
-        self.server.forget(self)
-        for task in (self.ringing_task, self.watch_task):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-        if self.rtp is not None:
-            await self.rtp.stop()
-
-
 # -- the server -----------------------------------------------------------------------------
-
-
-@dataclass
-class _ClientTx:
-    data: bytes
-    dest: tuple[str, int]
-    future: asyncio.Future[SipMessage | None]
-    task: asyncio.Task[None] | None = None
 
 
 class _Refused(Exception):
@@ -262,7 +73,7 @@ class SipServer(asyncio.DatagramProtocol):
 
     def __init__(
         self,
-        config: SipConfig,
+        config: SIPSettings,
         on_call: Callable[[SipCall], Awaitable[Any]],
         slots: CallSlots | None = None,
     ) -> None:
@@ -271,19 +82,20 @@ class SipServer(asyncio.DatagramProtocol):
         self.slots = slots or CallSlots(config.max_calls)
         """The worker's call limit (shared with its other transports); ``max_calls`` caps SIP."""
         self._slots_held: dict[str, CallSlot] = {}
-        self._allow = [ipaddress.ip_network(n, strict=False) for n in config.allow]
-        self._auth = (
-            DigestAuth(config.realm, config.username, config.password)
-            if config.username and config.password
-            else None
+        password = config.password.get_secret_value()
+        self._admission = Admission(
+            config.allow,
+            DigestAuth(config.realm, config.username, password)
+            if config.username and password
+            else None,
+            config.max_auth_failures,
         )
         self.transport: asyncio.DatagramTransport | None = None
         self.address: tuple[str, int] = (config.host, config.port)
         self.calls: dict[str, SipCall] = {}
         self._responses: dict[tuple[str, str, str], tuple[bytes, tuple[str, int], float]] = {}
         self._retransmits: dict[str, asyncio.Task[None]] = {}
-        self._client: dict[str, _ClientTx] = {}
-        self._failures: dict[str, deque[float]] = {}
+        self._client = ClientTransactions(self._send_raw)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.stats = {"invites": 0, "answered": 0, "rejected": 0, "malformed": 0}
@@ -310,9 +122,7 @@ class SipServer(asyncio.DatagramProtocol):
             await asyncio.wait(self._tasks, timeout=10)
         for task in [*byes, *self._retransmits.values(), *self._tasks]:
             task.cancel()
-        for tx in list(self._client.values()):
-            if not tx.future.done():
-                tx.future.set_result(None)
+        self._client.close()
         if self.transport is not None:
             self.transport.close()
 
@@ -482,49 +292,21 @@ class SipServer(asyncio.DatagramProtocol):
             and tag(req.get("to")) is None
         )
 
-    def _source_allowed(self, source: tuple[str, int]) -> bool:
-        try:
-            ip = ipaddress.ip_address(source[0])
-        except ValueError:
-            return False
-        return any(ip in net for net in self._allow)
-
-    def _locked_out(self, source: tuple[str, int]) -> bool:
-        fails = self._failures.get(source[0])
-        if not fails:
-            return False
-        while fails and fails[0] < time.monotonic() - 60:
-            fails.popleft()
-        return len(fails) >= self.config.max_auth_failures
-
-    def _failed(self, source: tuple[str, int]) -> None:
-        self._failures.setdefault(source[0], deque(maxlen=1000)).append(time.monotonic())
-        if len(self._failures) > 10_000:
-            self._failures.pop(next(iter(self._failures)))
-
     def _admitted(self, source: tuple[str, int], req: SipMessage) -> bool:
         """Allow-listed sources pass; others must authenticate (or are refused with 403)."""
-        if self._source_allowed(source):
+        verdict = self._admission.check(source[0], req.method or "", req.get("authorization"))
+        if verdict.admit:
             return True
-        if self._auth is None:
-            logger.warning("SIP %s from %s refused: not on the allow-list", req.method, source[0])
-            self._respond(req, source, 403)
+        if verdict.status == 403:
+            if verdict.reason is None:
+                logger.warning(
+                    "SIP %s from %s refused: not on the allow-list", req.method, source[0]
+                )
+            self._respond(req, source, 403, verdict.reason)
             return False
-        if req.method == "OPTIONS":
-            return True
-        if self._locked_out(source):
-            self._respond(req, source, 403, "Too Many Failed Attempts")
-            return False
-        state = self._auth.check(req.method or "", req.get("authorization"))
-        if state == "ok":
-            return True
-        if state == "bad":
-            self._failed(source)
+        if verdict.failed_login:
             logger.warning("SIP %s from %s: digest authentication failed", req.method, source[0])
-        self._respond(
-            req, source, 401,
-            headers=[("www-authenticate", self._auth.challenge(stale=state == "stale"))],
-        )  # fmt: skip
+        self._respond(req, source, 401, headers=[("www-authenticate", verdict.challenge or "")])
         self._responses.pop(self._tx_key(req), None)  # the retry is a new transaction
         return False
 
@@ -541,7 +323,7 @@ class SipServer(asyncio.DatagramProtocol):
             if self._tx_key(req) not in self._responses:
                 self._respond(req, source, 500, to_tag=call.local_tag if call else None)
             if call is not None:
-                call.terminated = True
+                call.terminate()
                 call.mark_ended("error")
                 self.forget(call)
                 await call.close()
@@ -599,7 +381,7 @@ class SipServer(asyncio.DatagramProtocol):
             headers=contact + self._capabilities()[:2] + [("content-type", "application/sdp")],
             body=body,
         )  # fmt: skip
-        call.answered = True
+        call.answer()
         self.stats["answered"] += 1
         self._retransmit_2xx(call, ok, self._reply_address(req.get("via"), source))
         if neg is not None:
@@ -627,7 +409,7 @@ class SipServer(asyncio.DatagramProtocol):
 
     async def _open_media(self, call: SipCall, neg: sdp.Negotiated | None) -> None:
         loop = asyncio.get_running_loop()
-        low, high = self.config.rtp_ports
+        low, high = self.config.rtp_range
         rtp = RtpSession(
             output=call.audio_output,
             on_audio=call.receive_audio,
@@ -677,16 +459,12 @@ class SipServer(asyncio.DatagramProtocol):
 
     def _retransmit_2xx(self, call: SipCall, data: bytes, dest: tuple[str, int]) -> None:
         async def loop() -> None:
-            interval, waited = T1, 0.0
-            while waited < TIMER_B:
-                await asyncio.sleep(interval)
-                waited += interval
-                if call.confirmed or call.ended.is_set():
-                    return
-                self._send_raw(data, dest)
-                interval = min(interval * 2, T2)
-            logger.warning("SIP call %s: no ACK for our 200 OK; hanging up", call.call_id)
-            await call.hangup("no_ack")
+            acked = await retransmit(
+                lambda: self._send_raw(data, dest), lambda: call.confirmed or call.ended.is_set()
+            )
+            if not acked:
+                logger.warning("SIP call %s: no ACK for our 200 OK; hanging up", call.call_id)
+                await call.hangup("no_ack")
 
         self._retransmits[call.sip_call_id] = self._spawn(loop())
 
@@ -703,7 +481,7 @@ class SipServer(asyncio.DatagramProtocol):
     def _on_ack(self, req: SipMessage, call: SipCall | None) -> None:
         if call is None:
             return  # ACK for a non-2xx final: the transaction cache already stopped
-        call.confirmed = True
+        call.confirm()
         task = self._retransmits.pop(call.sip_call_id, None)
         if task is not None:
             task.cancel()
@@ -725,7 +503,7 @@ class SipServer(asyncio.DatagramProtocol):
             return
         self._respond(req, source, 200)
         if not call.answered:
-            call.terminated = True
+            call.terminate()
             self._respond(call.invite, call.source, 487, to_tag=call.local_tag)
             call.mark_ended("caller_cancel")
             if call.ringing_task is not None:
@@ -741,7 +519,7 @@ class SipServer(asyncio.DatagramProtocol):
         call.remote_cseq = max(call.remote_cseq, cseq)
         if method == "BYE":
             self._respond(req, source, 200)
-            call.terminated = True
+            call.terminate()
             call.mark_ended("caller_hangup")
         elif method == "INVITE":
             self._reinvite(req, source, call)
@@ -833,30 +611,7 @@ class SipServer(asyncio.DatagramProtocol):
             dest = infos[0][4][:2]
         except (OSError, ValueError, OverflowError, UnicodeError):
             dest = call.source
-        fut: asyncio.Future[SipMessage | None] = asyncio.get_running_loop().create_future()
-        tx = _ClientTx(msg.to_bytes(), (str(dest[0]), int(dest[1])), fut)
-        self._client[branch] = tx
-        tx.task = asyncio.create_task(self._client_retransmit(branch, tx))
-        try:
-            return await fut
-        finally:
-            self._client.pop(branch, None)
-            tx.task.cancel()
-
-    async def _client_retransmit(self, branch: str, tx: _ClientTx) -> None:
-        interval, waited = T1, 0.0
-        self._send_raw(tx.data, tx.dest)
-        while waited < TIMER_B and not tx.future.done():
-            await asyncio.sleep(interval)
-            waited += interval
-            if not tx.future.done():
-                self._send_raw(tx.data, tx.dest)
-            interval = min(interval * 2, T2)
-        if not tx.future.done():
-            tx.future.set_result(None)
+        return await self._client.request(branch, msg.to_bytes(), (str(dest[0]), int(dest[1])))
 
     def _on_response(self, resp: SipMessage) -> None:
-        tx = self._client.get(resp.branch)
-        if tx is None or resp.status is None or resp.status < 200 or tx.future.done():
-            return
-        tx.future.set_result(resp)
+        self._client.on_response(resp)

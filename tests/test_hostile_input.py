@@ -27,7 +27,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from plugins.net import free_port
 from telephony import sdp, twilio, wire
-from telephony.sip import SipConfig, SipServer
+from telephony.sip import SipServer, SIPSettings
 from telephony.sip_message import SipParseError, parse
 from worker.local.server import LocalServer
 from worker.local.ws_guard import FrameHeaders
@@ -136,7 +136,9 @@ async def test_web_and_sip_calls_share_one_limit(held: tuple[str, _Held]) -> Non
     url, server = held
     peers = [await _browser_offer() for _ in range(4)]
     sip = SipServer(
-        SipConfig(port=0, max_calls=10), on_call=lambda c: c.ended.wait(), slots=server.slots
+        SIPSettings(listen="127.0.0.1:0", max_calls=10),
+        on_call=lambda c: c.ended.wait(),
+        slots=server.slots,
     )
     await sip.start()
     ua = RawSip()
@@ -388,7 +390,7 @@ async def test_an_invite_whose_sdp_numbers_are_hostile_gets_a_final_answer(
     )
     with pytest.raises(sdp.SdpError):
         sdp.parse(body)
-    server = SipServer(SipConfig(port=0), on_call=lambda c: c.ended.wait())
+    server = SipServer(SIPSettings(listen="127.0.0.1:0"), on_call=lambda c: c.ended.wait())
     await server.start()
     ua = RawSip()
     try:
@@ -405,7 +407,7 @@ async def test_an_invite_that_fails_inside_still_gets_a_final_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Whatever breaks while an INVITE is handled, the caller hears 500, not 100 forever."""
-    server = SipServer(SipConfig(port=0), on_call=lambda c: c.ended.wait())
+    server = SipServer(SIPSettings(listen="127.0.0.1:0"), on_call=lambda c: c.ended.wait())
 
     async def broken(*_: Any) -> None:
         raise RuntimeError("simulated failure opening media")

@@ -44,7 +44,7 @@ async def _serve(settings: Settings, **sip: Any) -> tuple[LocalServer, SipServer
         setattr(settings.sip, k, v)
     models = await load_models(settings)
     local = LocalServer(models)
-    server = SipServer(settings.sip.transport_config(), on_call=local.run_phone_call)
+    server = SipServer(settings.sip, on_call=local.run_phone_call)
     await server.start()
     return local, server, models
 

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from telephony import rtp, sdp
-from telephony.sip import SipCall, SipConfig, SipServer
+from telephony.sip import SipCall, SipServer, SIPSettings
 from telephony.sip_message import SipParseError, parse
 
 from .sip_tools import RawSip, invite
@@ -164,7 +164,7 @@ async def sip_server() -> AsyncIterator[Callable[..., Awaitable[SipServer]]]:
                 await hook(call)
             await call.ended.wait()
 
-        server = SipServer(SipConfig(port=0, **config), on_call=hold)
+        server = SipServer(SIPSettings(listen="127.0.0.1:0", **config), on_call=hold)
         await server.start()
         servers.append(server)
         return server
@@ -456,3 +456,44 @@ async def test_rtp_session_paces_frames_fills_silence_and_sends_dtmf() -> None:
     assert len({p.timestamp for p in tones}) == 1  # one event, one timestamp
     # nothing arrived from the caller, so the session fed silence at the caller's pace
     assert session.filled >= 25 and set(heard) == {160}
+
+
+# -- the parts the server is built from ------------------------------------------------------
+
+
+async def test_retransmission_follows_t1_t2_and_stops_at_timer_b(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from telephony import sip_transactions as tx
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(tx.asyncio, "sleep", sleep)
+    sent: list[int] = []
+    assert not await tx.retransmit(lambda: sent.append(1), lambda: False)
+    assert slept[:5] == [0.5, 1.0, 2.0, 4.0, 4.0] and sum(slept) >= tx.TIMER_B
+    assert len(sent) == len(slept)  # a copy after every wait
+    slept.clear()
+    answered = iter([False, False, True])
+    assert await tx.retransmit(lambda: None, lambda: next(answered))
+    assert slept == [0.5, 1.0, 2.0]
+
+
+def test_admission_allow_list_digest_and_lock_out() -> None:
+    from telephony.sip_auth import Admission, DigestAuth
+
+    closed = Admission(["127.0.0.0/8"], None, 3)
+    assert closed.check("127.0.0.1", "INVITE", None).admit
+    assert closed.check("198.51.100.7", "INVITE", None).status == 403
+    door = Admission([], DigestAuth("r", "alice", "pw"), 3)
+    first = door.check("198.51.100.7", "INVITE", None)
+    assert first.status == 401 and first.challenge and not first.failed_login
+    wrong = 'Digest username="alice", realm="r", nonce="1.x", uri="sip:a", response="0"'
+    for _ in range(3):
+        assert door.check("198.51.100.7", "INVITE", wrong).failed_login
+    locked = door.check("198.51.100.7", "INVITE", wrong)
+    assert (locked.status, locked.reason) == (403, "Too Many Failed Attempts")
+    assert door.check("198.51.100.8", "OPTIONS", None).admit  # capability probes pass

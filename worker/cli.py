@@ -301,8 +301,8 @@ async def _start_sip(settings: Settings, server: LocalServer) -> SipServer:
     from plugins.net import is_loopback
     from telephony.sip import SipServer
 
-    cfg = settings.sip.transport_config()
-    if not is_loopback(cfg.host) and not (cfg.username and cfg.password):
+    cfg = settings.sip
+    if not is_loopback(cfg.host) and not (cfg.username and cfg.password.get_secret_value()):
         logger.warning(
             "SIP on %s admits only %s without authentication; set sip.username/sip.password "
             "for callers elsewhere",

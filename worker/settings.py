@@ -11,7 +11,6 @@ defaults documented here. The LiveKit connection uses LiveKit's own variable nam
 from __future__ import annotations
 
 import contextvars
-import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -27,6 +26,7 @@ from pydantic_settings import (
 
 from plugins.kokoro.tts import SPEED_RANGE
 from plugins.net import is_loopback
+from telephony.sip_settings import SIPSettings
 from worker.facts import BusinessFacts, load_facts
 from worker.turns.backchannel import DEFAULT_BACKCHANNELS, OVER_REPLY_PROMPT
 
@@ -439,96 +439,6 @@ class TwilioSettings(BaseModel):
         description="The wss:// URL Twilio connects to, if a proxy changes it (signatures are "
         "computed over it).",
     )
-
-
-class SIPSettings(BaseModel):
-    """Direct SIP/RTP (UDP): trunks and softphones call the worker without LiveKit."""
-
-    listen: str | None = Field(
-        None, description="`HOST:PORT` to answer SIP on (`--sip`); unset means off."
-    )
-    public_address: str | None = Field(
-        None, description="Address written into Contact and SDP when the worker is behind NAT."
-    )
-    rtp_ports: str = Field("10000-20000", description="UDP port range for RTP, `LOW-HIGH`.")
-    max_calls: int = Field(
-        4, ge=1,
-        description="Of the worker's `max_calls`, at most this many SIP calls; beyond either "
-        "callers get 486.",
-    )  # fmt: skip
-    allow: list[str] = Field(
-        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
-        description="Source networks admitted without authentication (CIDR).",
-    )
-    username: str = Field("", description="Digest user; with a password, others must log in.")
-    password: SecretStr = Field(SecretStr(""), description="Digest password.")
-    realm: str = Field("voice-worker", description="Digest realm.")
-    codecs: list[Literal["PCMU", "PCMA"]] = Field(
-        default_factory=lambda: ["PCMU", "PCMA"],  # type: ignore[arg-type]
-        description="G.711 laws we accept.",
-    )
-    answer_delay: float = Field(
-        0.0, ge=0, description="Seconds of ringing before the 200 OK (0 answers at once)."
-    )
-    jitter_packets: int = Field(
-        3, ge=1, le=50, description="Reordering depth: a gap is given up after this many packets."
-    )
-    rtp_timeout: float = Field(
-        30.0, ge=0, description="Hang up after this many seconds without caller RTP (0: never)."
-    )
-    symmetric_rtp: bool = Field(
-        False, description="Send RTP back to where the caller's RTP comes from (NAT)."
-    )
-    transfer_target: str | None = Field(
-        None, description="Where the agent's transfer tool sends callers (a SIP URI)."
-    )
-
-    @field_validator("rtp_ports")
-    @classmethod
-    def _ports(cls, v: str) -> str:
-        low, sep, high = v.partition("-")
-        if not (sep and low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) < 65536):
-            raise ValueError("expected LOW-HIGH with 1024 <= LOW < HIGH < 65536")
-        return v
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str | None) -> str | None:
-        if v is not None:
-            _, sep, port = v.rpartition(":")
-            if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise ValueError("expected HOST:PORT")
-        return v
-
-    @field_validator("allow")
-    @classmethod
-    def _networks(cls, v: list[str]) -> list[str]:
-        for net in v:
-            ipaddress.ip_network(net, strict=False)
-        return v
-
-    def transport_config(self) -> Any:
-        """The settings as the transport's own :class:`telephony.sip.SipConfig`."""
-        from telephony.sip import SipConfig
-
-        host, _, port = (self.listen or "127.0.0.1:5060").rpartition(":")
-        low, _, high = self.rtp_ports.partition("-")
-        return SipConfig(
-            host=host.strip("[]") or "127.0.0.1",
-            port=int(port),
-            public_address=self.public_address,
-            rtp_ports=(int(low), int(high)),
-            max_calls=self.max_calls,
-            allow=list(self.allow),
-            username=self.username,
-            password=self.password.get_secret_value(),
-            realm=self.realm,
-            codecs=list(self.codecs),
-            answer_delay=self.answer_delay,
-            jitter_packets=self.jitter_packets,
-            rtp_timeout=self.rtp_timeout,
-            symmetric_rtp=self.symmetric_rtp,
-        )
 
 
 class RecordsSettings(BaseModel):
