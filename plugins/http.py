@@ -24,10 +24,17 @@ _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[aiohttp.Clie
 
 
 class LoopSessions:
-    """One ``aiohttp.ClientSession`` per running event loop, made on first use."""
+    """One ``aiohttp.ClientSession`` per running event loop, made on first use: how every
+    plugin talks HTTP. Connecting is always bounded; ``read_timeout`` bounds each read of a
+    response (None for long-lived streams, which bound their waits themselves)."""
 
-    def __init__(self, factory: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession):
-        self._factory = factory
+    def __init__(self, *, connect_timeout: float = 5.0, read_timeout: float | None = None):
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._factory: Callable[[], aiohttp.ClientSession] = lambda: aiohttp.ClientSession(
+            timeout=timeout
+        )
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]
         self._sessions = weakref.WeakKeyDictionary()
 

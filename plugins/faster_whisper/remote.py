@@ -47,7 +47,7 @@ class RemoteSTT(stt.STT):
         )
         self.url = url.rstrip("/")
         self.language = language
-        self._http = LoopSessions()
+        self._http = LoopSessions()  # the streams wait on speech as long as it lasts
 
     @property
     def model(self) -> str:

@@ -363,7 +363,7 @@ class RemoteTTS(TTS):
         self.pieces = PieceCache()
         self.openings = [0, 0]
         self._failing = False
-        self._http = LoopSessions()
+        self._http = LoopSessions(read_timeout=30.0)  # a piece takes well under a second
 
     @property
     def voices(self) -> list[str]:

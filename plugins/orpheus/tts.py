@@ -87,11 +87,7 @@ class TTS(tts.TTS):
         self.opts = opts
         self.decoder = decoder
         self._sentences = tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
-        self._http = LoopSessions(
-            lambda: aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=opts.timeout)
-            )
-        )
+        self._http = LoopSessions(read_timeout=opts.timeout)
         self.trimmed: list[float] = []
         """Seconds of leading silence trimmed, one entry per reply."""
         self.on_trimmed: Callable[[float], None] | None = None

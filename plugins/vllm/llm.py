@@ -80,11 +80,7 @@ class LLM(llm.LLM):
     def __init__(self, *, opts: LLMOptions) -> None:
         super().__init__()
         self._opts = opts
-        self._sessions = LoopSessions(
-            lambda: aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout)
-            )
-        )
+        self._sessions = LoopSessions(connect_timeout=opts.connect_timeout)
 
     @property
     def model(self) -> str:
