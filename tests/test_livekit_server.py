@@ -833,7 +833,7 @@ async def _outbound_trunk(lk: api.LiveKitAPI, port: int) -> str:
 def _telephony_call(conf: stack.StackConfig, trunk: str, room: str) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
     return subprocess.run(
-        [sys.executable, "-m", "worker", "call", CALLEE, "--trunk", trunk, "--room", room],
+        [sys.executable, "-m", "worker", "dial", CALLEE, "--trunk", trunk, "--room", room],
         env={**env, **conf.env()}, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
 
