@@ -408,19 +408,20 @@ async def speak(tts: Any, text: str) -> tuple[Any, int]:
     """Int16 samples and their rate for ``text``, through the framework's API (any engine)."""
     import numpy as np
 
+    from plugins.audio import frame_samples
+
     async with tts.synthesize(text) as stream:
         frames = [ev.frame async for ev in stream]
     if not frames:
         raise CLIError("the TTS produced no audio")
-    pcm = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
-    return pcm, frames[0].sample_rate
+    return np.concatenate([frame_samples(f) for f in frames]), frames[0].sample_rate
 
 
 async def recognize(stt: Any, pcm: Any, rate: int) -> str:
     """The words in int16 samples, through the framework's API (any engine)."""
-    from livekit import rtc
+    from plugins.audio import make_frame
 
-    event = await stt.recognize(rtc.AudioFrame(pcm.tobytes(), rate, 1, pcm.size))
+    event = await stt.recognize(make_frame(pcm, rate))
     return str(event.alternatives[0].text) if event.alternatives else ""
 
 
