@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Protocol, runtime_checkable
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
@@ -26,3 +27,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@runtime_checkable
+class Repinning(Protocol):
+    """A resolver (model name -> base URL) that can move its session off a node that refused
+    the connection; the router's session routes are one. The plugins retry a request once
+    after telling it, before the caller hears an apology."""
+
+    async def __call__(self, model: str) -> str: ...
+
+    async def unreachable(self, model: str, base_url: str) -> None: ...

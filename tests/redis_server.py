@@ -1,4 +1,5 @@
-"""A real redis-server on 127.0.0.1 and a free port, for the tests that need Redis."""
+"""A real redis-server on 127.0.0.1 and a free port, for the tests that need Redis; it can be
+stopped and started again on the same port (a Redis outage, then a restart with no data)."""
 
 from __future__ import annotations
 
@@ -13,34 +14,60 @@ from pathlib import Path
 from plugins.net import free_port
 
 
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise RuntimeError("redis-server is needed (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+class RedisServer:
+    """One redis-server process at a fixed port; ``stop`` and ``start`` model an outage."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is needed (apt-get install redis-server)")
+        self.exe, self.workdir, self.port = exe, workdir, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         deadline = time.monotonic() + 10
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as c:
                     c.sendall(b"PING\r\n")
                     if c.recv(16).startswith(b"+PONG"):
-                        break
+                        return
             except OSError:
                 pass
-            if time.monotonic() > deadline or proc.poll() is not None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
         try:
-            proc.wait(5)
+            self.proc.wait(5)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A started Redis's URL; stopped on exit."""
+    with running_redis(workdir) as server:
+        yield server.url
+
+
+@contextmanager
+def running_redis(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -42,9 +42,9 @@ def test_removing_a_node_moves_only_its_keys() -> None:
     assert all(grown.lookup(k)[0] == "gpu-5" for k in moved_on_add)
 
 
-def test_simulate_cli_prints_json() -> None:
+def test_ring_cli_prints_json() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "infra.router", "simulate", "--nodes", "5", "--vnodes", "100",
+        [sys.executable, "-m", "infra.router", "ring", "--nodes", "5", "--vnodes", "100",
          "--keys", "10000", "--remove", "1", "--json"],
         capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
     )  # fmt: skip

@@ -60,12 +60,23 @@ FALLBACKS = Counter(
     "voice_agent_fallbacks", "Model engines marked unavailable (their fallback took over)",
     ["kind", "engine"], registry=REGISTRY,
 )  # fmt: skip
+ROUTER_FALLBACKS = Counter(
+    "voice_agent_router_fallbacks",
+    "Router lookups that fell back: redis (Redis unreachable: the default node), no_node (no "
+    "node serves the voice: the default node), repin (the session's node refused: pinned again)",
+    ["reason"], registry=REGISTRY,
+)  # fmt: skip
 ACTIVE_CALLS = Gauge("voice_agent_active_calls", "Calls in progress", registry=REGISTRY)
 TURNS = Counter("voice_agent_turns", "Completed turns", ["role"], registry=REGISTRY)
 
 
 USER_STAGES = (("end_of_turn", "end_of_turn_delay"), ("stt_final", "transcription_delay"))
 AGENT_STAGES = (("llm_first_token", "llm_node_ttft"), ("tts_first_audio", "tts_node_ttfb"))
+
+
+def count_router_fallback(reason: str) -> None:
+    """Count one router fallback (the router itself knows nothing of Prometheus)."""
+    ROUTER_FALLBACKS.labels(reason=reason).inc()
 
 
 def count_calls_of(slots: CallSlots) -> None:

@@ -263,8 +263,12 @@ def make_router(settings: Settings) -> Router | None:
     from infra.router import Router
 
     r = settings.router
+    # bounded: a Redis outage must reach the default node within the lookup's budget
+    client = aioredis.from_url(
+        url, socket_connect_timeout=r.lookup_timeout, socket_timeout=r.lookup_timeout
+    )
     return Router(
-        aioredis.from_url(url), prefix=r.prefix, vnodes=r.vnodes, replicas=r.replicas,
+        client, prefix=r.prefix, vnodes=r.vnodes, replicas=r.replicas,
         max_replicas=r.max_replicas, grow_above=r.grow_above,
     )  # fmt: skip
 

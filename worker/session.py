@@ -94,10 +94,16 @@ def create_session(
     if models.router is not None and session_id is not None:
         from dataclasses import replace
 
-        from infra.router import session_resolver
+        from infra.router import SessionRoute
         from plugins.vllm import LLM as RoutedLLM
 
-        resolve = session_resolver(models.router, session_id)
+        from .metrics import count_router_fallback
+
+        resolve = SessionRoute(
+            models.router, session_id, default_url=s.router.default_url,
+            timeout=s.router.lookup_timeout, load_timeout=s.router.load_timeout,
+            on_fallback=count_router_fallback,
+        )  # fmt: skip
         llm = RoutedLLM(opts=replace(models.llm.options, resolver=resolve))
         from plugins.orpheus import TTS as OrpheusTTS
 

@@ -464,7 +464,20 @@ class RouterSettings(BaseModel):
     replicas: int = Field(1, ge=1, description="Nodes per voice by default.")
     max_replicas: int = Field(4, ge=1, description="Most nodes a busy voice grows to.")
     grow_above: int = Field(
-        600, ge=1, description="Requests a minute for a voice above which it gains a replica."
+        120, ge=1,
+        description="Lookups a minute for a voice above which it gains a replica (a call makes "
+        "about 12: `docs/scaling.md` sizes it).",
+    )  # fmt: skip
+    default_url: str | None = Field(
+        None,
+        description="Base URL (`http://gpu-0:8000/v1`) used while Redis is unreachable or no "
+        "node serves the voice; unset: those calls hear the apology.",
+    )
+    lookup_timeout: float = Field(
+        1.0, gt=0, description="Seconds a router lookup in Redis may take before the default."
+    )
+    load_timeout: float = Field(
+        30.0, gt=0, description="Seconds a session waits for its node to load a LoRA voice."
     )
 
 

@@ -1,9 +1,19 @@
-"""Route voices and sessions to GPU nodes: a consistent-hash ring in Redis."""
+"""Route voices and sessions to GPU nodes: a consistent-hash ring in Redis, node agents beside
+each vLLM server, and a pool simulation for sizing."""
 
-from .registry import NodeInfo, NodeRegistration, NoNodeError, Router, session_resolver
+from .pool import PoolConfig, simulate_pool
+from .registry import (
+    NodeInfo,
+    NodeRegistration,
+    NoNodeError,
+    Route,
+    Router,
+    SessionRoute,
+    session_resolver,
+)
 from .ring import HashRing, simulate
 
 __all__ = [
-    "HashRing", "NoNodeError", "NodeInfo", "NodeRegistration", "Router", "session_resolver",
-    "simulate",
+    "HashRing", "NoNodeError", "NodeInfo", "NodeRegistration", "PoolConfig", "Route", "Router",
+    "SessionRoute", "session_resolver", "simulate", "simulate_pool",
 ]  # fmt: skip

@@ -33,6 +33,7 @@ from livekit.agents import (
 from ..audio import start_pcm_stream, to_int16
 from ..http import LoopSessions, sse_data
 from ..lk_private import synthesize_with_stream
+from ..net import Repinning
 from .decoder import SAMPLE_RATE, SAMPLES_PER_FRAME, WINDOW_FRAMES
 from .log import logger
 from .tokens import CODES_PER_FRAME, CodeParser, prompt
@@ -205,14 +206,22 @@ class SynthesizeStream(tts.SynthesizeStream):
             if o.trim_silence and started:
                 self._orpheus._report_trim(trimmer.dropped / SAMPLE_RATE)
 
+    async def _resolve(self, voice_model: str) -> str:
+        """The base URL for a request: the resolver's (the router's node) or the fixed one."""
+        o = self._orpheus.opts
+        if o.resolver is None:
+            assert o.base_url is not None
+            return o.base_url
+        try:
+            return await o.resolver(voice_model)
+        except LookupError as e:
+            raise APIConnectionError(f"no speech node for {voice_model}: {e}") from e
+
     async def _speak(self, text: str) -> Any:
         """Audio for one request, window by window, as the tokens arrive."""
         o = self._orpheus.opts
         voice_model = o.model or o.voice
-        base = o.base_url
-        if o.resolver is not None:
-            base = await o.resolver(voice_model)
-        assert base is not None
+        base = await self._resolve(voice_model)
         body = {
             "model": voice_model, "prompt": prompt(o.voice, text), "max_tokens": o.max_tokens,
             "temperature": o.temperature, "top_p": o.top_p,
@@ -226,12 +235,22 @@ class SynthesizeStream(tts.SynthesizeStream):
         loop = asyncio.get_running_loop()
         decode = self._orpheus.decoder
         S = SAMPLES_PER_FRAME
-        try:
-            resp = await self._orpheus.http().post(
-                base.rstrip("/") + "/completions", json=body, headers=headers
-            )
-        except (aiohttp.ClientError, OSError) as e:
-            raise APIConnectionError(f"speech server unreachable: {e}") from e
+        resp = None
+        for attempt in (1, 2):
+            try:
+                resp = await self._orpheus.http().post(
+                    base.rstrip("/") + "/completions", json=body, headers=headers
+                )
+                break
+            except aiohttp.ClientConnectorError as e:  # the node is gone: re-pin, once
+                if attempt == 1 and isinstance(o.resolver, Repinning):
+                    await o.resolver.unreachable(voice_model, base)
+                    base = await self._resolve(voice_model)
+                    continue
+                raise APIConnectionError(f"speech server unreachable: {e}") from e
+            except (aiohttp.ClientError, OSError) as e:
+                raise APIConnectionError(f"speech server unreachable: {e}") from e
+        assert resp is not None
         async with resp:
             if resp.status != 200:
                 raise APIStatusError(

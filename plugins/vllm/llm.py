@@ -28,6 +28,7 @@ from livekit.agents.llm import ToolChoice
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from ..http import LoopSessions, sse_data
+from ..net import Repinning
 from .log import logger
 from .tool_text import ToolCallSplitter
 
@@ -159,21 +160,28 @@ class LLMStream(llm.LLMStream):
         headers = {"Content-Type": "application/json"}
         if opts.api_key:
             headers["Authorization"] = f"Bearer {opts.api_key}"
-        base = opts.base_url
-        if opts.resolver is not None:
-            try:
-                base = await opts.resolver(opts.model)
-            except LookupError as e:
-                raise APIConnectionError(f"no backend for {opts.model}: {e}") from e
-        url = base.rstrip("/") + "/chat/completions"
+        base = await self._resolve()
         request_id = uuid.uuid4().hex[:12]
         tool_calls: dict[int, dict[str, str]] = {}
         self._text_calls = ToolCallSplitter()  # fresh on a retry
         started = time.perf_counter()
         wait = opts.first_token_timeout
         try:
-            async with asyncio.timeout(opts.connect_timeout + wait):
-                resp = await self._llm_impl._http().post(url, json=payload, headers=headers)
+            for attempt in (1, 2):
+                try:
+                    async with asyncio.timeout(opts.connect_timeout + wait):
+                        resp = await self._llm_impl._http().post(
+                            base.rstrip("/") + "/chat/completions", json=payload, headers=headers
+                        )
+                    break
+                except aiohttp.ClientConnectorError as e:
+                    # the session's node is gone: the router pins it elsewhere, and the reply
+                    # is asked there once before the caller hears the apology
+                    if attempt == 2 or not isinstance(opts.resolver, Repinning):
+                        raise
+                    logger.warning("LLM node %s refused (%s); re-pinning and retrying", base, e)
+                    await opts.resolver.unreachable(opts.model, base)
+                    base = await self._resolve()
             async with resp:
                 if resp.status != 200:
                     text = (await resp.text())[:500]
@@ -187,9 +195,7 @@ class LLMStream(llm.LLMStream):
                     self._handle(json.loads(data), request_id, tool_calls)
                     wait = opts.timeout
         except TimeoutError as e:
-            raise APITimeoutError(
-                f"LLM endpoint {opts.base_url} gave no token for {wait:.1f}s"
-            ) from e
+            raise APITimeoutError(f"LLM endpoint {base} gave no token for {wait:.1f}s") from e
         except aiohttp.ClientError as e:
             raise APIConnectionError(f"LLM endpoint {base} unreachable: {e}") from e
         except json.JSONDecodeError as e:
@@ -218,6 +224,16 @@ class LLMStream(llm.LLMStream):
         logger.debug(
             "completion %s done in %.0f ms", request_id, (time.perf_counter() - started) * 1e3
         )
+
+    async def _resolve(self) -> str:
+        """The base URL for this request: the resolver's (the router's node) or the fixed one."""
+        opts = self._llm_impl.options
+        if opts.resolver is None:
+            return opts.base_url
+        try:
+            return await opts.resolver(opts.model)
+        except LookupError as e:
+            raise APIConnectionError(f"no backend for {opts.model}: {e}") from e
 
     def _handle(
         self, chunk: dict[str, Any], request_id: str, tool_calls: dict[int, dict[str, str]]
