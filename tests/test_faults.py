@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from plugins.vllm import llm as vllm_llm
 from telephony.loopback import LoopbackCall
 from worker import records
 from worker.call import run_call
-from worker.metrics import FALLBACKS
+from worker.metrics import FALLBACKS, ROUTER_FALLBACKS
 from worker.models import load_models
 from worker.settings import Settings
 
@@ -185,3 +186,72 @@ def _fallbacks(kind: str) -> float:
         for s in metric.samples
         if s.name.endswith("_total") and s.labels.get("kind") == kind
     )
+
+
+async def test_lost_gpu_node_the_call_is_re_pinned_and_answered_without_an_apology(
+    settings: Settings, espeak: Any, tmp_path: Path
+) -> None:
+    """A whole call through the router: its session's node dies between two questions (its
+    registration still listed, as until the TTL lapses); the next reply comes from the other
+    node with no apology. The nodes are scripted OpenAI endpoints (fast; the real vLLM pool is
+    in test_vllm_router.py), registered as their node agents would."""
+    import redis.asyncio as aioredis
+
+    from infra.router import NodeInfo, NodeRegistration
+
+    from .fake_llm import tool_calling_llm
+    from .redis_server import redis_server
+
+    seen: dict[str, list[dict[str, Any]]] = {"node-a": [], "node-b": []}
+    servers = {k: await tool_calling_llm(v, {}) for k, v in seen.items()}
+    with redis_server(tmp_path) as redis_url:
+        r = aioredis.from_url(redis_url)
+        regs = [NodeRegistration(r, NodeInfo(k, url, ["smollm2"])) for k, (_, url) in
+                servers.items()]  # fmt: skip
+        for reg in regs:
+            await reg.start()
+        settings.router.redis_url = redis_url
+        settings.llm.model = "smollm2"
+        models = await load_models(settings)
+        assert models.embedded_llm is None, "a routed worker starts no LLM of its own"
+        repins = ROUTER_FALLBACKS.labels(reason="repin")._value.get()
+        call = LoopbackCall(records.new_call_id(), input_rate=16000)
+        call.start_listening()
+        lost: list[str] = []
+
+        async def caller() -> None:
+            await call.silence_until_reply(1)
+            await call.play(_pcm(espeak, "What time do you open tomorrow?"))
+            await call.silence_until_next_reply()
+            first = [k for k, v in seen.items() if v]
+            assert len(first) == 1, "the session is pinned to one node"
+            lost.append(first[0])
+            await servers[first[0]][0].cleanup()  # that node's server dies
+            await call.silence(1.0)
+            await call.play(_pcm(espeak, "And where are you located?"))
+            await call.silence_until_next_reply()
+            await call.silence(1.0)
+            call.mark_ended("caller_hangup")
+
+        script = asyncio.create_task(caller())
+        agents: list[Any] = []
+        try:
+            result = await asyncio.wait_for(
+                run_call(models, call, profile="telephony", on_agent=agents.append), 240
+            )
+            await script
+        finally:
+            await call.close()
+            await models.aclose()
+            for reg in regs:
+                await reg.stop()
+            await r.aclose()
+            for runner, _ in servers.values():
+                await runner.cleanup()
+    other = "node-b" if lost[0] == "node-a" else "node-a"
+    assert seen[other], "the second question went to the other node"
+    assert agents[0].llm_failures == 0, "no apology"
+    assert ROUTER_FALLBACKS.labels(reason="repin")._value.get() >= repins + 1
+    replies = [x["text"] for x in records.read_records(result.record.path)
+               if x.get("role") == "agent"][1:]  # fmt: skip
+    assert replies[-1] == "Okay." and settings.agent.apology not in replies, replies

@@ -7,15 +7,30 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from aiohttp import web
 
-from infra.router import HashRing, NodeInfo, NodeRegistration, NoNodeError, Router, simulate
+from infra.router import (
+    HashRing,
+    NodeInfo,
+    NodeRegistration,
+    NoNodeError,
+    PoolConfig,
+    Router,
+    SessionRoute,
+    simulate,
+    simulate_pool,
+)
+from infra.router.node import NodeAgent, NodeAgentConfig
+from plugins.net import free_port
 
 from .redis_server import redis_server
 
@@ -121,3 +136,147 @@ async def test_nodes_holding_a_voice_are_preferred(r: aioredis.Redis) -> None:
     assert (await router.lookup("custom-anna")).url == "http://gpu-lora:8000/v1"
     for g in regs:
         await g.stop()
+
+
+async def test_lookup_is_bounded_when_redis_hangs_and_falls_back_to_the_default() -> None:
+    """A Redis that accepts connections and never answers (a hung server or a black-holed
+    network): the lookup gives up at its bound and the default node answers."""
+    hung: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hung.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r = aioredis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=5,
+                          socket_timeout=30)  # fmt: skip
+    counted: list[str] = []
+    route = SessionRoute(Router(r), "call-1", default_url="http://gpu-default:8000/v1",
+                         timeout=0.3, on_fallback=counted.append)  # fmt: skip
+    started = time.monotonic()
+    try:
+        assert await route("tara") == "http://gpu-default:8000/v1"
+    finally:
+        server.close()
+        for w in hung:
+            w.close()
+        await r.aclose()
+    assert hung, "the lookup did reach the hung Redis"
+    assert counted == ["redis"]
+    assert time.monotonic() - started < 10.0, "bounded by the lookup timeout, not the socket's"
+    without_default = SessionRoute(Router(aioredis.from_url(f"redis://127.0.0.1:{free_port()}")),
+                                   "call-2", timeout=0.3)  # fmt: skip
+    with pytest.raises(NoNodeError):  # no default: the plugin turns this into the apology
+        await without_default("tara")
+    await without_default.router.r.aclose()
+
+
+class FakeVLLM:
+    """A scripted vLLM: /v1/models, the runtime LoRA API and /metrics (fast; the agent
+    against real vLLM servers is in test_vllm_router.py)."""
+
+    def __init__(self) -> None:
+        self.loras: list[str] = []
+        self.runner: web.AppRunner | None = None
+        self.port = free_port()
+
+    async def start(self) -> None:
+        async def models(_: web.Request) -> web.Response:
+            data = [{"id": "orpheus-3b", "parent": None}]
+            data += [{"id": v, "parent": "orpheus-3b"} for v in self.loras]
+            return web.json_response({"data": data})
+
+        async def load(request: web.Request) -> web.Response:
+            self.loras.append((await request.json())["lora_name"])
+            return web.Response(text="ok")
+
+        async def unload(request: web.Request) -> web.Response:
+            self.loras.remove((await request.json())["lora_name"])
+            return web.Response(text="ok")
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(text='vllm:num_requests_running{engine="0"} 0.0\n')
+
+        app = web.Application()
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/v1/load_lora_adapter", load)
+        app.router.add_post("/v1/unload_lora_adapter", unload)
+        app.router.add_get("/metrics", metrics)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+async def test_node_agent_follows_its_server_and_loads_what_the_ring_asks(
+    r: aioredis.Redis, tmp_path: Path
+) -> None:
+    for v in ("anna", "bob", "carol"):
+        (tmp_path / "adapters" / v).mkdir(parents=True)
+        (tmp_path / "adapters" / v / "adapter_config.json").write_text("{}")
+    vllm = FakeVLLM()
+    await vllm.start()
+    cfg = NodeAgentConfig(vllm=f"http://127.0.0.1:{vllm.port}", node_id="gpu-0",
+                          adapters=tmp_path / "adapters", ttl=0.6, max_loras=2)  # fmt: skip
+    agent = NodeAgent(cfg, r)
+    task = asyncio.create_task(agent.run())
+    router = Router(r, cache_s=0)
+
+    async def until(check: Any, what: str) -> None:
+        for _ in range(100):
+            if await check():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(what)
+
+    async def listed() -> bool:
+        return "gpu-0" in await router.live_nodes(fresh=True)
+
+    try:
+        await until(listed, "registered")
+        assert await router.base_of("carol") == "orpheus-3b", "the adapter folder is catalogued"
+        got = await router.route("anna", "s1")  # nobody holds anna: its node loads it
+        assert got.loading and got.node.id == "gpu-0"
+        assert "anna" in (await router.wait_loaded("gpu-0", "anna", 10)).voices
+        await r.zadd("router:used:gpu-0", {"anna": 1.0})
+        for v in ("bob", "carol"):
+            await router.request_load("gpu-0", v)
+            await router.wait_loaded("gpu-0", v, 10)
+        assert sorted(vllm.loras) == ["bob", "carol"], "anna, the coldest, made room"
+        await vllm.stop()  # the server goes down: the node leaves the ring
+
+        async def gone() -> bool:
+            return not await listed()
+
+        await until(gone, "left the ring with its server")
+        await vllm.start()  # back (empty): the node returns
+        await until(listed, "returned with its server")
+        assert (await router.node("gpu-0")) is not None
+    finally:
+        agent.stopping.set()
+        await asyncio.wait_for(task, 30)
+        await vllm.stop()
+    assert not await listed(), "deregistered on stop"
+
+
+def test_pool_simulation_cli_reports_spread_loads_and_moves() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra.router", "simulate", "--nodes", "6", "--voices", "200",
+         "--hours", "4", "--churn-per-hour", "2", "--max-loras", "8", "--json"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    out = json.loads(proc.stdout)
+    assert out["node_losses"] >= 1
+    assert out["calls_moved_per_loss_mean"] > 0, "a lost node's calls move"
+    assert out["calls_moved_from_other_nodes"] == 0, "and no other call does"
+    assert len(out["per_node_calls_mean"]) == 6 and out["lora_loads_total"] > 0
+    # more adapter room per node: fewer loads (same seed, same callers)
+    roomy = simulate_pool(PoolConfig(**{**out["config"], "max_loras": 64}))
+    assert roomy["lora_loads_per_hour"] < out["lora_loads_per_hour"]
+    # no replicas: the most popular voice piles onto one node
+    flat = simulate_pool(PoolConfig(**{**out["config"], "max_replicas": 1}))
+    assert flat["load_spread_max_over_mean"] > out["load_spread_max_over_mean"]

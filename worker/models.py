@@ -221,9 +221,15 @@ async def load_llm(settings: Settings) -> tuple[OpenAICompatLLM, EmbeddedLLMServ
     """The configured endpoint, or an embedded llama.cpp server when none is set."""
     s = settings.llm
     server: EmbeddedLLMServer | None = None
-    base_url = s.base_url
+    routed = bool(settings.router.redis_url)
+    base_url = s.base_url or (settings.router.default_url if routed else None)
     model = s.model
-    if not base_url:
+    if routed and not model:
+        raise ValueError("router.redis_url is set: llm.model must name the model (or LoRA "
+                         "voice) the router routes by")  # fmt: skip
+    if routed and not base_url:
+        base_url = ""  # every session resolves its node through the router
+    elif not base_url:
         gguf = assets.resolve(s.embedded_model, settings.models_dir)
         model = model or s.embedded_model
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +240,7 @@ async def load_llm(settings: Settings) -> tuple[OpenAICompatLLM, EmbeddedLLMServ
         )  # fmt: skip
         await server.start()
         base_url = server.base_url
-    elif model is None:
+    elif model is None and base_url:
         try:
             model = await first_served_model(base_url, s.api_key.get_secret_value())
         except APIConnectionError as e:  # the worker still starts: calls get the apology

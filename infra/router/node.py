@@ -163,6 +163,8 @@ class NodeAgent:
             await self._post("/v1/load_lora_adapter",
                              {"lora_name": voice, "lora_path": str(folder / voice)})  # fmt: skip
             self.loads += 1
+            with contextlib.suppress(*REDIS_DOWN):  # just loaded for a session: not the coldest
+                await self.r.zadd(f"{self.cfg.prefix}:used:{self.info.id}", {voice: time.time()})
             await self.read_server()
             logger.info("loaded %s in %.2f s", voice, time.monotonic() - started)
             if self.registered:
