@@ -240,12 +240,13 @@ async def load_llm(settings: Settings) -> tuple[OpenAICompatLLM, EmbeddedLLMServ
         )  # fmt: skip
         await server.start()
         base_url = server.base_url
-    elif model is None and base_url:
+    elif model is None:
         try:
             model = await first_served_model(base_url, s.api_key.get_secret_value())
         except APIConnectionError as e:  # the worker still starts: calls get the apology
             logger.warning("%s; sending model name 'default' until llm.model is set", e)
             model = "default"
+    assert model is not None  # a routed worker checked it above
     llm = OpenAICompatLLM(
         opts=LLMOptions(
             base_url=base_url, model=model, api_key=s.api_key.get_secret_value(),
