@@ -40,7 +40,9 @@ def _compose(env: dict[str, str]) -> dict[str, Any]:
 def test_compose_wires_every_service() -> None:
     doc = _compose(ENV)
     services = doc["services"]
-    assert set(services) == {"redis", "livekit", "sip", "vllm", "worker"}
+    assert set(services) == {
+        "redis", "livekit", "sip", "vllm", "llm-node", "orpheus", "orpheus-node", "worker"
+    }  # fmt: skip
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, name
         for dep in svc.get("depends_on", []):
@@ -74,6 +76,19 @@ def test_compose_wires_every_service() -> None:
     assert env["LIVEKIT_URL"] == "ws://127.0.0.1:7880"
     assert env["WORKER_LLM__BASE_URL"] == f"http://127.0.0.1:{vllm['port']}/v1"
     assert services["worker"]["command"][-1] == "start"
+    # a node agent beside each vLLM server, in the Redis db the worker's router reads
+    orpheus = yaml.safe_load((INFRA / "vllm/orpheus.yaml").read_text())
+    for agent, server, port in (("llm-node", "vllm", vllm["port"]),
+                                ("orpheus-node", "orpheus", orpheus["port"])):  # fmt: skip
+        args = services[agent]["command"]
+        assert args[:4] == ["python", "-m", "infra.router", "node"], args
+        assert args[args.index("--vllm") + 1] == f"http://127.0.0.1:{port}"
+        assert args[args.index("--redis") + 1] == env["WORKER_ROUTER__REDIS_URL"]
+        assert server in services[agent]["depends_on"]
+    assert services["orpheus"]["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    node_args = services["orpheus-node"]["command"]
+    assert node_args[node_args.index("--max-loras") + 1] == str(orpheus["max-loras"])
+    assert orpheus["port"] != vllm["port"] and orpheus["enable-lora"] is True
     # Docker waits past the drain (calls go on, then the closing line) before it kills
     grace = services["worker"]["stop_grace_period"]
     assert grace.endswith("m") and int(grace[:-1]) * 60 >= float(env["WORKER_DRAIN_TIMEOUT"]) + 30
@@ -91,6 +106,8 @@ def test_worker_environment_is_read_by_the_settings(monkeypatch: pytest.MonkeyPa
     assert s.livekit.url == "ws://127.0.0.1:7880" and s.livekit.api_key == "APIkey"
     assert s.llm.base_url == "http://127.0.0.1:8000/v1" and s.drain_timeout == 300
     assert str(s.data_dir) == "/data" and s.livekit.agent_name == "voice-agent"
+    assert s.router.redis_url == "redis://127.0.0.1:6379/1"
+    assert s.router.default_url == s.llm.base_url
 
 
 def test_missing_secrets_are_refused() -> None:
