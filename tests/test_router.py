@@ -280,3 +280,20 @@ def test_pool_simulation_cli_reports_spread_loads_and_moves() -> None:
     # no replicas: the most popular voice piles onto one node
     flat = simulate_pool(PoolConfig(**{**out["config"], "max_replicas": 1}))
     assert flat["load_spread_max_over_mean"] > out["load_spread_max_over_mean"]
+
+
+async def test_a_draining_node_keeps_its_sessions_and_takes_no_new_ones(r: aioredis.Redis) -> None:
+    regs = await _register(r, "gpu-a", "gpu-b")
+    router = Router(r, cache_s=0)
+    on_a = [s for s in (f"call-{i}" for i in range(40))
+            if (await router.lookup("orpheus-3b", s)).id == "gpu-a"]  # fmt: skip
+    assert on_a, "the base model's sessions spread over both nodes"
+    regs[0].info.draining = True
+    await regs[0].beat()
+    assert all([(await router.lookup("orpheus-3b", s)).id == "gpu-a" for s in on_a]), (
+        "pinned sessions finish where they are"
+    )
+    new = {(await router.lookup("orpheus-3b", f"new-{i}")).id for i in range(40)}
+    assert new == {"gpu-b"}, "new sessions avoid the draining node"
+    for g in regs:
+        await g.stop()
