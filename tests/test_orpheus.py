@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,43 @@ async def test_snac_decode_path_with_random_weights(server: OrpheusServer) -> No
     out, _ = await _speak(tts, "Decoded by SNAC.")
     assert out.size == 10 * SAMPLES_PER_FRAME
     await tts.aclose()
+
+
+async def test_a_dead_node_is_left_and_the_sentence_spoken_by_another(tmp_path: Path) -> None:
+    """Through the real router: the session's Orpheus node stops answering (its record not yet
+    lapsed); the request is re-pinned once to the other node holding the voice, and the
+    sentence is spoken in full."""
+    import redis.asyncio as aioredis
+
+    from infra.router import NodeInfo, NodeRegistration, Router, SessionRoute
+
+    from .redis_server import redis_server
+
+    servers = {"gpu-a": OrpheusServer(frames=6), "gpu-b": OrpheusServer(frames=6)}
+    for s in servers.values():
+        await s.start()
+    with redis_server(tmp_path) as url:
+        r = aioredis.from_url(url)
+        regs = [NodeRegistration(r, NodeInfo(k, s.url, ["orpheus-3b"], ["leo-lora"]))
+                for k, s in servers.items()]  # fmt: skip
+        for g in regs:
+            await g.start()
+        counted: list[str] = []
+        route = SessionRoute(Router(r, cache_s=0), "call-1", on_fallback=counted.append)
+        tts = TTS(opts=OrpheusOptions(voice="leo", model="leo-lora", resolver=route,
+                                      trim_silence=False), decoder=marker_decoder)  # fmt: skip
+        try:
+            await _speak(tts, "Hello there.")
+            (first,) = [k for k, s in servers.items() if s.requests]
+            await servers[first].stop()
+            audio, _ = await _speak(tts, "Still here.")
+        finally:
+            await tts.aclose()
+            for g in regs:
+                await g.stop()
+            await r.aclose()
+            for s in servers.values():
+                await s.stop()
+    other = next(k for k in servers if k != first)
+    assert len(servers[other].requests) == 1 and counted == ["repin"]
+    assert audio.size == 6 * SAMPLES_PER_FRAME, "every frame of the sentence was spoken"

@@ -156,13 +156,18 @@ async def test_lookup_is_bounded_when_redis_hangs_and_falls_back_to_the_default(
     started = time.monotonic()
     try:
         assert await route("tara") == "http://gpu-default:8000/v1"
+        connections = len(hung)
+        other = SessionRoute(route.router, "call-3", default_url="http://gpu-default:8000/v1",
+                             timeout=0.3, on_fallback=counted.append)  # fmt: skip
+        assert await other("tara") == "http://gpu-default:8000/v1"
+        assert len(hung) == connections, "during the outage no lookup waits on Redis again"
     finally:
         server.close()
         for w in hung:
             w.close()
         await r.aclose()
     assert hung, "the lookup did reach the hung Redis"
-    assert counted == ["redis"]
+    assert counted == ["redis", "redis"]
     assert time.monotonic() - started < 10.0, "bounded by the lookup timeout, not the socket's"
     without_default = SessionRoute(Router(aioredis.from_url(f"redis://127.0.0.1:{free_port()}")),
                                    "call-2", timeout=0.3)  # fmt: skip

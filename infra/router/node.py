@@ -132,6 +132,11 @@ class NodeAgent:
                 self.root + path, json=body,
                 timeout=aiohttp.ClientTimeout(total=self.cfg.load_timeout),
             ) as resp:  # fmt: skip
+                if resp.status == 404 and "lora_adapter" in path:
+                    raise VLLMUnavailable(
+                        f"{path} is not served: start vLLM with --enable-lora and "
+                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
+                    )
                 if resp.status != 200:
                     raise VLLMUnavailable(f"{path} answered {resp.status}: "
                                           f"{(await resp.text())[:300]}")  # fmt: skip

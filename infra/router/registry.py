@@ -152,6 +152,9 @@ class Router:
         self.grow_above, self.session_ttl, self.cache_s = grow_above, session_ttl, cache_s
         self._nodes: dict[str, NodeInfo] = {}
         self._nodes_at = 0.0
+        self.redis_retry_s = 3.0
+        """After a failed lookup, sessions go straight to their default for this long."""
+        self.redis_retry_at = 0.0
         self._rings: dict[tuple[str, ...], HashRing] = {}
 
     async def live_nodes(self, *, fresh: bool = False) -> dict[str, NodeInfo]:
@@ -374,6 +377,12 @@ class SessionRoute:
     async def __call__(self, name: str) -> str:
         now = time.monotonic()
         self._avoid = {k: t for k, t in self._avoid.items() if t > now}
+        if self.default_url is not None and now < self.router.redis_retry_at:
+            # Redis failed a moment ago (for any session of this router): do not pay the
+            # lookup's timeout on every request of the outage
+            if self.on_fallback is not None:
+                self.on_fallback("redis")
+            return self.default_url
         try:
             async with asyncio.timeout(self.timeout):
                 got = await self.router.route(name, self.session, avoid=set(self._avoid))
@@ -389,6 +398,8 @@ class SessionRoute:
                     raise
                 raise NoNodeError(f"the router's Redis is unreachable: {e!r}") from e
             reason = "no_node" if isinstance(e, NoNodeError) else "redis"
+            if reason == "redis":
+                self.router.redis_retry_at = time.monotonic() + self.router.redis_retry_s
             if not self._outage:
                 logger.warning("router lookup failed (%r); using the default node %s",
                                e, self.default_url)  # fmt: skip
