@@ -86,6 +86,10 @@ def test_compose_wires_every_service() -> None:
         assert args[args.index("--redis") + 1] == env["WORKER_ROUTER__REDIS_URL"]
         assert server in services[agent]["depends_on"]
     assert services["orpheus"]["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # the adapter folder: the same path in the server and its agent (the router setting)
+    folder = services["orpheus-node"]["environment"]["WORKER_ROUTER__ADAPTERS_DIR"]
+    for svc in ("orpheus", "orpheus-node"):
+        assert any(v.split(":")[1] == folder for v in services[svc]["volumes"]), svc
     node_args = services["orpheus-node"]["command"]
     assert node_args[node_args.index("--max-loras") + 1] == str(orpheus["max-loras"])
     assert orpheus["port"] != vllm["port"] and orpheus["enable-lora"] is True

@@ -473,6 +473,11 @@ class RouterSettings(BaseModel):
         description="Base URL (`http://gpu-0:8000/v1`) used while Redis is unreachable or no "
         "node serves the voice; unset: those calls hear the apology.",
     )
+    adapters_dir: Path | None = Field(
+        None,
+        description="The LoRA voices' folder (one sub-folder per voice, a shared volume): "
+        "the default `--adapters` of `python -m infra.router node`.",
+    )
     lookup_timeout: float = Field(
         1.0, gt=0, description="Seconds a router lookup in Redis may take before the default."
     )

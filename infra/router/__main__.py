@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import socket
 import sys
 from dataclasses import fields
@@ -28,10 +29,16 @@ def main(argv: list[str] | None = None) -> int:
 
     n = sub.add_parser("node", help="the agent beside one vLLM server")
     n.add_argument("--vllm", required=True, help="the vLLM server, e.g. http://127.0.0.1:8000")
-    n.add_argument("--redis", required=True, help="the router's Redis, e.g. redis://host:6379/0")
+    n.add_argument("--redis", default=os.environ.get("WORKER_ROUTER__REDIS_URL"),
+                   help="the router's Redis, e.g. redis://host:6379/1 (default: "
+                   "$WORKER_ROUTER__REDIS_URL, the worker's setting)")  # fmt: skip
     n.add_argument("--id", default=None, help="node id (default: host name and vLLM port)")
     n.add_argument("--url", default=None, help="the URL workers reach vLLM at (default --vllm)")
-    n.add_argument("--adapters", type=Path, default=None, help="LoRA voices, one folder each")
+    adapters = os.environ.get("WORKER_ROUTER__ADAPTERS_DIR")
+    n.add_argument(
+        "--adapters", type=Path, default=Path(adapters) if adapters else None,
+        help="LoRA voices, a folder each (default: $WORKER_ROUTER__ADAPTERS_DIR)",
+    )  # fmt: skip
     n.add_argument("--server-adapters", type=Path, default=None,
                    help="the adapter folder's path as the vLLM server sees it")  # fmt: skip
     n.add_argument("--max-loras", type=int, default=None,
@@ -75,6 +82,9 @@ def _node(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    if not args.redis:
+        print("error: give --redis (or set WORKER_ROUTER__REDIS_URL)", file=sys.stderr)
+        return 2
     if args.adapters is not None and not args.adapters.is_dir():
         print(f"error: --adapters {args.adapters} is not a folder", file=sys.stderr)
         return 2
