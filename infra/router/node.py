@@ -85,7 +85,7 @@ class NodeAgent:
         self.root = self.base.removesuffix("/v1")
         self.info = NodeInfo(cfg.node_id, _v1(cfg.url or cfg.vllm))
         self.reg = NodeRegistration(r, self.info, prefix=cfg.prefix, ttl=cfg.ttl)
-        self.router = Router(r, prefix=cfg.prefix, vnodes=cfg.vnodes, cache_s=0)
+        self.router = Router(r, prefix=cfg.prefix, vnodes=cfg.vnodes, cache_s=1.0)
         self.stopping = asyncio.Event()
         self.registered = False
         self.loads = 0
