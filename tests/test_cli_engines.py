@@ -156,3 +156,32 @@ def test_check_with_the_tts_server(data_dir: Path, servers: dict[str, str]) -> N
     assert res.returncode == 0, res.stderr
     assert "check is complete" in res.stdout.lower(), res.stdout
     assert _health(servers["tts"])["served"] > served
+
+
+async def test_check_through_the_router(data_dir: Path, tmp_path: Path) -> None:
+    """A routed worker's `check`: no embedded LLM, and the reply comes from the node the ring
+    pins it to (a scripted OpenAI endpoint registered as its node agent would)."""
+    import redis.asyncio as aioredis
+
+    from infra.router import NodeInfo, NodeRegistration
+
+    from .fake_llm import tool_calling_llm
+    from .redis_server import redis_server
+
+    requests: list[dict[str, object]] = []
+    runner, url = await tool_calling_llm(requests, {})
+    with redis_server(tmp_path) as redis_url:
+        r = aioredis.from_url(redis_url)
+        reg = NodeRegistration(r, NodeInfo("gpu-0", url, ["smollm2"]))
+        await reg.start()
+        try:
+            env = {"WORKER_ROUTER__REDIS_URL": redis_url, "WORKER_LLM__MODEL": "smollm2"}
+            res = await asyncio.to_thread(_run, data_dir, env, "check")
+        finally:
+            await reg.stop()
+            await r.aclose()
+            await runner.cleanup()
+    assert res.returncode == 0, res.stderr
+    loaded = dict(line.split(maxsplit=1) for line in res.stdout.splitlines()[1:6])
+    assert loaded["llm"].endswith("smollm2 via the GPU router's nodes"), res.stdout
+    assert requests and requests[-1]["model"] == "smollm2", "the check's reply came via the ring"

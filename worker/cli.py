@@ -392,7 +392,17 @@ async def _check(settings: Settings) -> int:
         ctx.add_message(role="user", content="Say OK.")
         t = time.perf_counter()
         first: float | None = None
-        async with models.llm.chat(chat_ctx=ctx) as stream:
+        model = models.llm
+        if models.router is not None:  # the check's reply goes through the ring, as calls do
+            from dataclasses import replace
+
+            from plugins.vllm import LLM as RoutedLLM
+
+            from .session import session_route
+
+            route = session_route(models, f"check-{os.getpid()}")
+            model = RoutedLLM(opts=replace(models.llm.options, resolver=route))
+        async with model.chat(chat_ctx=ctx) as stream:
             async for chunk in stream:
                 if first is None and chunk.delta and chunk.delta.content:
                     first = time.perf_counter() - t

@@ -317,7 +317,11 @@ async def load_models(settings: Settings, parts: Iterable[str] = ALL_PARTS) -> M
             got["router"] = make_router(settings)
             t = time.perf_counter()
             got["llm"], got["embedded_llm"] = await load_llm(settings)
-            where = "embedded llama.cpp" if got["embedded_llm"] else settings.llm.base_url
+            where = (
+                "embedded llama.cpp" if got["embedded_llm"]
+                else "the GPU router's nodes" if got["router"] is not None
+                else settings.llm.base_url
+            )  # fmt: skip
             timed("llm", t, f"{got['llm'].model} via {where}")
             if got["embedded_llm"] is not None:
                 from .agent import prime_llm_cache  # the agent builds the prompt (and imports us)

@@ -11,7 +11,7 @@ and benchmark). Both stay local: the end-of-turn model is ``v1-mini`` and interr
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from livekit.agents import AgentSession, APIConnectOptions
 from livekit.agents.voice.agent_session import SessionConnectOptions
@@ -20,6 +20,9 @@ from livekit.agents.voice.turn import TurnHandlingOptions
 from .models import Models
 from .spoken import without_markup
 from .turns.detector import TextVetoTurnDetector
+
+if TYPE_CHECKING:
+    from infra.router import SessionRoute
 
 Profile = Literal["web", "telephony"]
 TurnProfile = Literal["default", "livekit-defaults"]
@@ -71,6 +74,20 @@ def turn_handling(
     )
 
 
+def session_route(models: Models, session_id: str) -> SessionRoute:
+    """The router's resolver for one session, with the settings' bounds and default node."""
+    from infra.router import SessionRoute
+
+    from .metrics import count_router_fallback
+
+    assert models.router is not None
+    r = models.settings.router
+    return SessionRoute(
+        models.router, session_id, default_url=r.default_url, timeout=r.lookup_timeout,
+        load_timeout=r.load_timeout, on_fallback=count_router_fallback,
+    )  # fmt: skip
+
+
 def create_session(
     models: Models,
     profile: Profile = "web",
@@ -94,16 +111,9 @@ def create_session(
     if models.router is not None and session_id is not None:
         from dataclasses import replace
 
-        from infra.router import SessionRoute
         from plugins.vllm import LLM as RoutedLLM
 
-        from .metrics import count_router_fallback
-
-        resolve = SessionRoute(
-            models.router, session_id, default_url=s.router.default_url,
-            timeout=s.router.lookup_timeout, load_timeout=s.router.load_timeout,
-            on_fallback=count_router_fallback,
-        )  # fmt: skip
+        resolve = session_route(models, session_id)
         llm = RoutedLLM(opts=replace(models.llm.options, resolver=resolve))
         from plugins.orpheus import TTS as OrpheusTTS
 
