@@ -394,14 +394,9 @@ async def _check(settings: Settings) -> int:
         first: float | None = None
         model = models.llm
         if models.router is not None:  # the check's reply goes through the ring, as calls do
-            from dataclasses import replace
+            from .session import routed_llm, session_route
 
-            from plugins.vllm import LLM as RoutedLLM
-
-            from .session import session_route
-
-            route = session_route(models, f"check-{os.getpid()}")
-            model = RoutedLLM(opts=replace(models.llm.options, resolver=route))
+            model = routed_llm(models, session_route(models, f"check-{os.getpid()}"))
         async with model.chat(chat_ctx=ctx) as stream:
             async for chunk in stream:
                 if first is None and chunk.delta and chunk.delta.content:

@@ -88,6 +88,16 @@ def session_route(models: Models, session_id: str) -> SessionRoute:
     )  # fmt: skip
 
 
+def routed_llm(models: Models, route: SessionRoute) -> Any:
+    """The shared LLM's options, with each request sent where ``route`` says."""
+    from dataclasses import replace
+
+    from plugins.vllm import LLM as RoutedLLM
+
+    assert models.llm is not None
+    return RoutedLLM(opts=replace(models.llm.options, resolver=route))
+
+
 def create_session(
     models: Models,
     profile: Profile = "web",
@@ -111,10 +121,8 @@ def create_session(
     if models.router is not None and session_id is not None:
         from dataclasses import replace
 
-        from plugins.vllm import LLM as RoutedLLM
-
         resolve = session_route(models, session_id)
-        llm = RoutedLLM(opts=replace(models.llm.options, resolver=resolve))
+        llm = routed_llm(models, resolve)
         from plugins.orpheus import TTS as OrpheusTTS
 
         if isinstance(tts, OrpheusTTS):  # the voice's LoRA lives on the session's node

@@ -9,11 +9,10 @@ from .registry import (
     Route,
     Router,
     SessionRoute,
-    session_resolver,
 )
 from .ring import HashRing, simulate
 
 __all__ = [
     "HashRing", "NoNodeError", "NodeInfo", "NodeRegistration", "PoolConfig", "Route", "Router",
-    "SessionRoute", "session_resolver", "simulate", "simulate_pool",
+    "SessionRoute", "simulate", "simulate_pool",
 ]  # fmt: skip

@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -426,8 +426,3 @@ class SessionRoute:
         with contextlib.suppress(*REDIS_DOWN):
             async with asyncio.timeout(self.timeout):
                 await self.router.unpin(self.session)
-
-
-def session_resolver(router: Router, session: str) -> Callable[[str], Awaitable[str]]:
-    """A plugin resolver: voice -> base URL, pinned to ``session``'s node while it lives."""
-    return SessionRoute(router, session)
