@@ -66,6 +66,10 @@ async def test_caller_question_gets_a_spoken_reply(settings: Settings, espeak) -
     for key in ("stt_final_ms", "end_of_turn_ms", "llm_first_token_ms", "tts_first_audio_ms"):
         assert timings[key] is not None and timings[key] >= 0, timings
     assert timings["first_audio_out"] > timings["caller_speech_end"]
+    # the VAD declares the end only after its minimum silence has passed since the last voiced
+    # sample; the framework's speech end is that sample, so the lag can be no shorter
+    assert timings["vad_end_ms"] is not None, timings
+    assert timings["vad_end_ms"] >= settings.turn.vad_min_silence * 1000 - 1, timings
     assert set(replies[0]["speculative"]) >= {"started", "used", "cancelled", "wasted_tokens"}
     assert recs[-1] == {**recs[-1], "type": "call_end", "reason": "caller_hangup"}
     assert "help" in heard.lower(), f"the caller should have heard the greeting: {heard!r}"

@@ -116,8 +116,12 @@ class CallObserver:
     output: PacedAudioOutput | None = None
     speculation: SpeculationTracker | None = None
     _speech_started_at: float | None = None
+    _speech_ended_at: float | None = None
+    """When the VAD last declared the caller's speech over (its event, not the estimate of
+    the last voiced sample the framework keeps as ``stopped_speaking_at``)."""
     _open: BargeIn | None = None
     _last_user: llm.ChatMessage | None = None
+    _last_user_vad_end: float | None = None
     _spec_seen: dict[str, int] = field(default_factory=dict)
 
     def attach(self, session: AgentSession[Any], transport: str) -> None:
@@ -140,6 +144,8 @@ class CallObserver:
     def _on_user_state(self, ev: UserStateChangedEvent) -> None:
         if ev.new_state == "speaking":
             self._speech_started_at = time.time()
+        elif ev.new_state == "listening" and ev.old_state == "speaking":
+            self._speech_ended_at = time.time()
 
     def _on_playout(self, what: str, at: float) -> None:
         if what == "pause":
@@ -168,6 +174,7 @@ class CallObserver:
         TURNS.labels("agent" if msg.role == "assistant" else msg.role).inc()
         if msg.role == "user":
             self._last_user = msg
+            self._last_user_vad_end = self._speech_ended_at
             um: dict[str, Any] = dict(msg.metrics)
             for stage, key in USER_STAGES:
                 if key in um:
@@ -181,7 +188,9 @@ class CallObserver:
         for stage, key in AGENT_STAGES:
             if key in m:
                 STAGE.labels(stage).observe(m[key])
-        extra: dict[str, Any] = {"timings": turn_timings(self._last_user, msg)}
+        extra: dict[str, Any] = {
+            "timings": turn_timings(self._last_user, msg, self._last_user_vad_end)
+        }
         if self.speculation is not None:
             extra["speculative"] = self._speculation_delta()
         return extra
@@ -205,16 +214,27 @@ class CallObserver:
         return delta
 
 
-def turn_timings(user: llm.ChatMessage | None, agent: llm.ChatMessage) -> dict[str, float | None]:
-    """The per-turn timing fields of an agent turn, in ms, from the framework's turn metrics."""
+def turn_timings(
+    user: llm.ChatMessage | None, agent: llm.ChatMessage, vad_end_at: float | None = None
+) -> dict[str, float | None]:
+    """The per-turn timing fields of an agent turn, in ms, from the framework's turn metrics.
+
+    ``vad_end_ms`` is how long after the caller's last voiced sample (the framework's estimate,
+    ``caller_speech_end``) the VAD declared the speech over: the VAD's own lag, which the other
+    stages, all measured from that estimate, include."""
     um = user.metrics if user is not None else {}
     am = agent.metrics
 
     def ms(v: Any) -> float | None:
         return round(float(v) * 1000, 1) if v is not None else None
 
+    end = um.get("stopped_speaking_at")
+    vad_end = None
+    if vad_end_at is not None and end is not None and vad_end_at >= end:
+        vad_end = ms(vad_end_at - end)
     return {
-        "caller_speech_end": um.get("stopped_speaking_at"),
+        "caller_speech_end": end,
+        "vad_end_ms": vad_end,
         "end_of_turn_ms": ms(um.get("end_of_turn_delay")),
         "stt_final_ms": ms(um.get("transcription_delay")),
         "llm_first_token_ms": ms(am.get("llm_node_ttft")),
