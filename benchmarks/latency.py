@@ -1,22 +1,38 @@
-"""Benchmark: voice-to-voice latency through real SIP/RTP and Twilio Media Streams against
-the in-process transport.
+"""Benchmark: voice-to-voice latency and where it goes, through every transport in one sitting.
 
-The callers are the same script on the same models in the same process, taking turns run by
-run: four caller lines spoken by espeak-ng, each sent as 20 ms frames at real-time pace, and
-the agent's voice detected by the caller with the same energy detector on 8 kHz audio. The
-SIP caller dials the worker's SIP server on 127.0.0.1 and talks mu-law RTP over UDP, so its
-figure adds the SIP transport (packetisation, jitter buffer, G.711 both ways, the sockets);
-the Twilio caller opens the worker's ``/twilio/media`` WebSocket and sends and receives
-base64 mu-law ``media`` events as Twilio does; the in-process caller talks to a loopback call.
-Voice-to-voice is the time from the last frame of a caller line leaving the caller to the
-first voiced frame of the reply arriving; time to greeting from the call being answered (the
-SIP 200 OK, the stream's ``start`` event) to the greeting's first voiced frame. The caller is
-espeak-ng en-us unless ``--caller`` names a voice of ``callers.py`` ("kokoro:bf_emma",
-"piper:joe", "espeak:en-gb:140"), whose lines are rendered once before the runs, or
-``--split held-back`` (or ``tuning``) takes a different voice of that set for every run (the
-three transports of a run share it), so the figures are over many callers no tuning saw.
+The callers say the same four lines, each at real-time pace, and wait for each reply; the
+agent's voice is detected at the caller with one energy threshold. Transports (``--transports``,
+all by default), run by run in rotating order, so a drift in machine load hits them alike:
+- ``sip``: a scripted phone dials the worker's SIP server on 127.0.0.1 (mu-law RTP over UDP);
+- ``twilio``: the worker's ``/twilio/media`` WebSocket with base64 mu-law ``media`` events;
+- ``in-process``: a loopback call at 8 kHz (no sockets, no codec), the chain itself;
+- ``stock``: the same loopback call with the framework's stock turn handling
+  (``livekit-defaults``): the baseline, in the same run;
+- ``browser``: headless Chromium on the worker's own page, over WebRTC (Opus), its microphone
+  fed by the benchmark (``browser_caller.py``);
+- ``livekit-rtc`` / ``livekit-sip``: a real LiveKit server and LiveKit SIP on loopback
+  (``python -m infra.livekit install`` first), a ``python -m worker dev`` registered with it,
+  a caller in a room on the rtc SDK and a phone dialling LiveKit SIP.
+The in-process transports share one set of loaded models; the LiveKit worker loads its own
+(the same defaults). The browser and LiveKit need a network interface other than loopback
+(WebRTC gathers no loopback candidates): the script re-runs itself in a private network
+namespace with a TEST-NET-1 veth pair, as ``scripts/test.sh --offline`` does.
 
-    python benchmarks/sip_latency.py [--runs 3] [--caller VOICE | --split SET] [--out FILE.json]
+Voice-to-voice is the time from the caller's last sample leaving it to the first voiced audio
+of the reply arriving at it; time to greeting from the call being answered (200 OK, the
+stream's ``start``, the page connected, the room joined) to the greeting's first voiced audio.
+The stage timeline puts each agent turn's record (``timings``) on the same clock, in ms after
+the caller's last sample: the worker's end of speech (its estimate of the last voiced sample),
+the VAD's end-of-speech event, the STT final, the end-of-turn decision, the first audio sent,
+the first audio heard. The LLM's first token and the TTS's first audio are durations from
+their requests, which speculation starts before the decision.
+
+The caller is espeak-ng en-us unless ``--caller`` names a voice of ``callers.py``
+("kokoro:bf_emma", "piper:joe", "espeak:en-gb:140"), or ``--split held-back`` (or ``tuning``)
+takes a different voice of that set for every run (all transports of a run share it).
+
+    python benchmarks/latency.py [--runs 3] [--transports sip,browser,...]
+        [--caller VOICE | --split SET] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -24,12 +40,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import itertools
 import json
+import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +61,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from plugins.audio import g711_decode, g711_encode, resample  # noqa: E402
 from plugins.net import free_port  # noqa: E402
 from telephony.loopback import LoopbackCall  # noqa: E402
 from telephony.sip import SipServer  # noqa: E402
+from tests.livekit_caller import RoomCaller  # noqa: E402
 from tests.sip_tools import SipCaller  # noqa: E402
 from worker import records  # noqa: E402
 from worker.call import run_call  # noqa: E402
@@ -50,6 +75,7 @@ from worker.harness import RATE as HARNESS_RATE  # noqa: E402
 from worker.harness import CallerVoice  # noqa: E402
 from worker.local.server import LocalServer  # noqa: E402
 from worker.models import Models, load_models  # noqa: E402
+from worker.session import TurnProfile  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
 
 Voice = Callable[[str], np.ndarray]
@@ -131,80 +157,296 @@ class TwilioCaller(SipCaller):
         return time.time()
 
 
-async def _converse(
-    caller: SipCaller, voice: Voice, answered: float
-) -> tuple[list[float], float | None]:
-    """Greeting, then each line; returns voice-to-voice per line and the time from the call
-    being answered to the greeting's first voiced audio at the caller, in ms."""
-    await caller.wait_agent_quiet()
-    greeting = (caller.voiced_at[0] - answered) * 1000 if caller.voiced_at else None
-    out = []
+def _cpu_times() -> tuple[int, int] | None:
+    """All and idle CPU ticks so far, or None where there is no /proc (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+
+async def quiet_machine(limit: float = 120.0, idle: float = 0.8) -> None:
+    """Wait until the CPUs have been mostly idle for a second (a worker that just started
+    is still filling its caches; the previous call may still be closing), at most ``limit``."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if (before := _cpu_times()) is None:
+            return
+        await asyncio.sleep(1.0)
+        after = _cpu_times()
+        assert after is not None
+        if after[0] > before[0] and (after[1] - before[1]) / (after[0] - before[0]) >= idle:
+            return
+    print(f"warning: the machine stayed busy for {limit:.0f} s", file=sys.stderr)
+
+
+@dataclass
+class Result:
+    """One transport's call: voice-to-voice per line, when each line ended at the caller,
+    the time to greeting, and the barge-in pause (all ms but ``ends``)."""
+
+    v2v: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    greeting: float | None = None
+    barge_in: float | None = None
+    skipped: str = ""
+
+
+QUIET = 1.5
+"""Seconds of agent silence that end a reply (a gap between two pieces of one reply on two
+busy cores can pass a second; the next line must not barge in on it)."""
+ASK = "Can you tell me what is on the menu tonight?"
+"""Asked before the barge-in, for a reply long enough to interrupt."""
+INTERRUPT = "Wait, stop."
+INTERRUPT_AFTER = 1.0
+"""Seconds of the reply the caller hears at least before interrupting it."""
+STOPPED_GAP = 0.5
+"""Silence at the caller after which the agent counts as having stopped."""
+
+
+def _onset(pcm: np.ndarray, rate: int) -> float:
+    """Seconds from the start of a rendered line to its first voiced 10 ms."""
+    block = rate // 100
+    for i in range(pcm.size // block):
+        chunk = pcm[i * block : (i + 1) * block].astype(np.float64)
+        if np.sqrt(np.mean(chunk**2)) > 300:
+            return i / 100
+    return 0.0
+
+
+def _talking(voiced_at: list[float], not_before: float) -> bool:
+    """Whether the agent's voice has reached the caller without a gap over 60 ms for the
+    last 200 ms, and it is at least ``not_before``."""
+    now = time.time()
+    if now < not_before or not voiced_at or now - voiced_at[-1] > 0.06:
+        return False
+    recent = [t for t in voiced_at[-100:] if t > now - 0.2]
+    return (
+        bool(recent)
+        and recent[0] - (now - 0.2) < 0.06
+        and all(b - a <= 0.06 for a, b in itertools.pairwise(recent))
+    )
+
+
+async def _until_reply(caller: Any, after: float, limit: float = 20.0) -> float | None:
+    """The first voiced audio at the caller after ``after`` (time.time()), or None."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if (first := next((t for t in caller.voiced_at if t > after), None)) is not None:
+            return float(first)
+        await caller.silence(0.02)
+    return None
+
+
+async def _converse(caller: Any, voice: Voice, answered: float, rate: int = 8000) -> Result:
+    """Greeting, then each line at ``rate`` (8 kHz is all a phone carries), then a question
+    whose reply the caller interrupts: the barge-in pause is from the interruption's first
+    voiced sample leaving the caller to the agent's last voiced audio before it fell silent."""
+    await caller.wait_agent_quiet(quiet=QUIET)
+    out = Result(greeting=(caller.voiced_at[0] - answered) * 1000 if caller.voiced_at else None)
     for line in LINES:
-        pcm = resample(voice(line), HARNESS_RATE, 8000)  # 8 kHz is all a phone carries
-        ended = await caller.stream(pcm)
-        deadline = time.time() + 20
-        while time.time() < deadline and not any(t > ended for t in caller.voiced_at):
-            await caller.silence(0.02)
-        first = next((t for t in caller.voiced_at if t > ended), None)
+        ended = await caller.stream(resample(voice(line), HARNESS_RATE, rate))
+        first = await _until_reply(caller, ended)
         if first is not None:
-            out.append((first - ended) * 1000)
-            await caller.wait_agent_quiet()
-    return out, greeting
+            out.v2v.append((first - ended) * 1000)
+            out.ends.append(ended)
+            await caller.wait_agent_quiet(quiet=QUIET)
+    asked = await caller.stream(resample(voice(ASK), HARNESS_RATE, rate))
+    if (first := await _until_reply(caller, asked)) is None:
+        out.skipped = "no reply to the question"
+        return out
+    # interrupt mid-word: the reply under way a while, and voiced without a gap just now
+    # (between a cached opener and the next piece there can be a silent moment)
+    deadline = first + 10
+    while not _talking(caller.voiced_at, first + INTERRUPT_AFTER):
+        if time.time() > deadline:
+            out.skipped = "the reply ended before it could be interrupted"
+            return out
+        await caller.silence(0.01)
+    stop = resample(voice(INTERRUPT), HARNESS_RATE, rate)
+    onset = time.time() + _onset(stop, rate)
+    await caller.stream(stop)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        later = [t for t in caller.voiced_at if t > onset]
+        if not later:
+            out.skipped = "the reply was over before the interruption began"
+            break
+        if time.time() - later[-1] > STOPPED_GAP:
+            out.barge_in = (later[-1] - onset) * 1000
+            break
+        await caller.silence(0.02)
+    with contextlib.suppress(TimeoutError):
+        await caller.wait_agent_quiet(quiet=QUIET)  # its reply to "Wait, stop."
+    return out
 
 
-async def _sip_run(
-    models: Models, local: LocalServer, voice: Voice
-) -> tuple[list[float], float | None]:
+async def _sip_run(models: Models, local: LocalServer, voice: Voice) -> Result:
     cfg = models.settings.sip.model_copy(update={"listen": "127.0.0.1:0"})
     server = SipServer(cfg, on_call=local.run_phone_call)
     await server.start()
     caller = SipCaller(server.address)
     try:
         await asyncio.to_thread(caller.dial)  # returns on the 200 OK
-        v2v = await _converse(caller, voice, time.time())
+        result = await _converse(caller, voice, time.time())
         await asyncio.to_thread(caller.hang_up)
     finally:
         caller.close()
         await server.stop()
-    return v2v
+    return result
 
 
-async def _twilio_run(port: int, voice: Voice) -> tuple[list[float], float | None]:
+async def _twilio_run(port: int, voice: Voice) -> Result:
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"ws://127.0.0.1:{port}/twilio/media")
         caller = TwilioCaller(ws)
         receiver = asyncio.create_task(caller.receive())
         try:
             await caller.start()
-            v2v = await _converse(caller, voice, time.time())
+            result = await _converse(caller, voice, time.time())
             await ws.send_json({"event": "stop", "streamSid": caller.STREAM, "stop": {}})
             await asyncio.wait_for(receiver, 10)
         finally:
             receiver.cancel()
             await ws.close()
-    return v2v
+    return result
 
 
-async def _loopback_run(models: Models, voice: Voice) -> tuple[list[float], float | None]:
+async def _loopback_run(models: Models, voice: Voice, stock: bool = False) -> Result:
     call = LoopbackCall(records.new_call_id(), input_rate=8000, output_rate=8000)
     caller = LoopbackCaller(call)
     answered = time.time()
-    session = asyncio.create_task(run_call(models, call, profile="telephony"))
+    turns: TurnProfile = "livekit-defaults" if stock else "default"
+    session = asyncio.create_task(run_call(models, call, profile="telephony", turn_profile=turns))
     try:
-        v2v = await _converse(caller, voice, answered)
+        result = await _converse(caller, voice, answered)
     finally:
         call.mark_ended("caller_hangup")
         await session
         await call.close()
-    return v2v
+    return result
 
 
-STAGES = [
-    ("stt_final_ms", "STT final after the worker's end of speech"),
-    ("end_of_turn_ms", "end-of-turn decision after end of speech"),
+async def _browser_run(port: int, voice: Voice) -> Result:
+    from browser_caller import BrowserCaller
+
+    async with BrowserCaller(f"http://127.0.0.1:{port}/?autoconnect=1", rate=16000) as caller:
+        return await _converse(caller, voice, caller.connected_at, rate=16000)
+
+
+class LiveKitSide:
+    """A LiveKit server and LiveKit SIP on loopback with a ``python -m worker dev`` registered
+    (what ``livekit_latency.py`` runs), for as long as the benchmark."""
+
+    SPEC = """
+agent_name: voice-agent
+inbound_trunks:
+  - {name: bench, numbers: ["+15551230000"], allowed_addresses: ["127.0.0.1/32"]}
+dispatch_rules:
+  - {name: bench-calls, type: individual, trunks: [bench], room_prefix: bench-}
+"""
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[LiveKitSide]:
+        from livekit_latency import start_worker
+
+        from infra import livekit as stack
+
+        self.conf = stack.StackConfig(port=free_port(), sip=True, sip_port=free_port())
+        with tempfile.TemporaryDirectory() as tmp, stack.running(self.conf):
+            spec = Path(tmp) / "sip.yaml"
+            spec.write_text(self.SPEC)
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
+            env.update(self.conf.env())
+            subprocess.run([sys.executable, "-m", "worker", "provision", str(spec)], env=env,
+                           check=True, capture_output=True)  # fmt: skip
+            env.update({"WORKER_LIVEKIT__METRICS_PORT": "0",
+                        "WORKER_LIVEKIT__HTTP_PORT": str(free_port())})  # fmt: skip
+            print("starting the LiveKit worker (it loads its own models)", file=sys.stderr)
+            worker = start_worker(env, Path(tmp) / "worker.log")
+            try:
+                yield self
+            finally:
+                worker.terminate()
+                worker.wait(60)
+
+    async def rtc(self, voice: Voice, n: int) -> Result:
+        from pydantic import SecretStr
+
+        from worker.settings import Settings
+        from worker.web.server import mint_token
+
+        s = Settings()
+        s.livekit.url, s.livekit.api_key = self.conf.url, self.conf.api_key
+        s.livekit.api_secret = SecretStr(self.conf.api_secret)
+        caller = RoomAdapter(self.conf.url, mint_token(s, f"bench-rtc-{n}", f"caller-{n}"))
+        await caller.join()
+        try:
+            return await _converse(caller, voice, time.time(), rate=48000)
+        finally:
+            await caller.leave()
+
+    async def sip(self, voice: Voice) -> Result:
+        phone = SipCaller(("127.0.0.1", self.conf.sip_port), user="+15551230000")
+        try:
+            await asyncio.to_thread(phone.dial)
+            result = await _converse(phone, voice, time.time())
+            await asyncio.to_thread(phone.hang_up)
+        finally:
+            phone.close()
+        return result
+
+
+class RoomAdapter(RoomCaller):
+    """The rtc SDK caller with the SIP caller's interface and energy detector."""
+
+    async def _listen(self, track: Any) -> None:
+        from livekit import rtc
+
+        async for ev in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
+            block = np.frombuffer(ev.frame.data, np.int16).astype(np.float64)
+            if float(np.sqrt(np.mean(block**2))) > SipCaller.VOICED_RMS:
+                self.voiced_at.append(time.time())
+
+    async def stream(self, pcm: np.ndarray) -> float:
+        self.said_until = 0.0
+        self.say(pcm)
+        await self.until_said()
+        return self.said_until
+
+    async def silence(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def wait_agent_quiet(self, quiet: float = 0.8, limit: float = 30.0) -> None:
+        if not await self.until_quiet(quiet, limit):
+            raise TimeoutError("the agent never went quiet")
+
+
+TRANSPORTS = {
+    "sip": "SIP/RTP",
+    "twilio": "Twilio Media Streams",
+    "in-process": "in-process",
+    "stock": "in-process, stock turn handling",
+    "browser": "browser (WebRTC)",
+    "livekit-rtc": "LiveKit room (rtc SDK)",
+    "livekit-sip": "LiveKit SIP",
+}
+NEEDS_NETWORK = {"browser", "livekit-rtc", "livekit-sip"}
+
+TIMELINE = [
+    ("speech_end", "worker's end of speech (its estimate of the last voiced sample)"),
+    ("vad_end", "VAD end of speech (its event)"),
+    ("stt_final", "STT final"),
+    ("end_of_turn", "end-of-turn decision"),
+    ("first_audio_sent", "first audio sent"),
+    ("at_the_caller", "first audio heard by the caller"),
+]
+"""Points on one clock, ms after the caller's last sample left it."""
+DURATIONS = [
     ("llm_first_token_ms", "LLM first token after its request"),
     ("tts_first_audio_ms", "TTS first audio after its request"),
-    ("voice_to_voice_ms", "first audio sent after end of speech (worker)"),
 ]
 
 
@@ -219,18 +461,43 @@ def _record_timings(calls_dir: Path, before: set[Path]) -> list[dict[str, Any]]:
     return out
 
 
-def _stages(timings: list[dict[str, Any]], caller_v2v: list[float]) -> dict[str, Any]:
-    """Per-stage medians (ms); the last stage is what the caller measured on the line."""
-    med: dict[str, Any] = {}
-    for key, _ in STAGES:
-        vals = [t[key] for t in timings if t.get(key) is not None]
-        med[key] = round(statistics.median(vals), 1) if vals else None
-    med["at_the_caller_ms"] = round(statistics.median(caller_v2v), 1) if caller_v2v else None
-    return med
+def _timeline(result: Result, timings: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Each answered line's stages on the caller's clock: the record whose speech end lies
+    nearest the line's end (within 2 s) is that line's turn."""
+    rows = []
+    for ended, v2v in zip(result.ends, result.v2v, strict=True):
+        near = [t for t in timings if t.get("caller_speech_end")
+                and abs(t["caller_speech_end"] - ended) < 2.0]  # fmt: skip
+        if not near:
+            continue
+        t = min(near, key=lambda t: abs(t["caller_speech_end"] - ended))
+        end = (t["caller_speech_end"] - ended) * 1000
+        row = {"speech_end": end, "at_the_caller": v2v}
+        for key, src in (("vad_end", "vad_end_ms"), ("stt_final", "stt_final_ms"),
+                         ("end_of_turn", "end_of_turn_ms")):  # fmt: skip
+            if t.get(src) is not None:
+                row[key] = end + t[src]
+        if t.get("first_audio_out"):
+            row["first_audio_sent"] = (t["first_audio_out"] - ended) * 1000
+        for key, _ in DURATIONS:
+            if t.get(key) is not None:
+                row[key] = t[key]
+        rows.append(row)
+    return rows
 
 
-def _plot(stages: dict[str, dict[str, Any]], out: Path) -> Path | None:
-    """A PNG of the stage medians per transport, when matplotlib (extra `bench`) is there."""
+def _medians(rows: list[dict[str, float]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, _ in [*TIMELINE, *DURATIONS]:
+        vals = [r[key] for r in rows if key in r]
+        out[key] = round(statistics.median(vals), 1) if vals else None
+    vad = [r["stt_final"] - r["vad_end"] for r in rows if "stt_final" in r and "vad_end" in r]
+    out["stt_final_after_vad_end"] = round(statistics.median(vals), 1) if (vals := vad) else None
+    return out
+
+
+def _plot(stages: dict[str, dict[str, Any]], out: Path, title: str) -> Path | None:
+    """A PNG of the stage timeline per transport, when matplotlib (extra `bench`) is there."""
     try:
         import matplotlib
 
@@ -239,18 +506,25 @@ def _plot(stages: dict[str, dict[str, Any]], out: Path) -> Path | None:
     except ImportError:
         print("matplotlib is not installed (pip install '.[bench]'): no plot", file=sys.stderr)
         return None
-    labels = [label for _, label in STAGES] + ["first audio heard by the caller"]
-    keys = [k for k, _ in STAGES] + ["at_the_caller_ms"]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    height = 0.8 / max(1, len(stages))
-    for i, (name, med) in enumerate(stages.items()):
-        ys = [j + i * height for j in range(len(keys))]
-        ax.barh(ys, [med.get(k) or 0 for k in keys], height=height, label=name)
-    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(keys))], labels)
+    fig, ax = plt.subplots(figsize=(10, 0.9 + 0.55 * len(stages)))
+    colours = [plt.get_cmap("tab10")(i) for i in range(10)]
+    names = list(stages)
+    labelled: set[str] = set()
+    for y, name in enumerate(names):
+        prev = 0.0
+        for i, (key, label) in enumerate(TIMELINE):
+            at = stages[name].get(key)
+            if at is None:
+                continue
+            ax.barh(y, at - prev, left=prev, color=colours[i], edgecolor="white",
+                    label=None if key in labelled else label)  # fmt: skip
+            labelled.add(key)
+            prev = at
+    ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlabel("median, ms")
-    ax.set_title("Voice-to-voice stages per transport (2 cores, default models)")
-    ax.legend()
+    ax.set_xlabel("median ms after the caller's last sample")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     png = out.with_suffix(".png")
     fig.savefig(png, dpi=100)
@@ -271,7 +545,6 @@ def _callers(name: str | None, split: str | None, runs: int) -> list[tuple[Voice
     """One caller per run: espeak-ng en-us, the named voice, or a spread of a corpus set."""
     if name is None and split is None:
         return [(CallerVoice("en-us"), "espeak:en-us")] * runs
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from callers import Corpus
 
     corpus = Corpus.load()
@@ -287,86 +560,127 @@ def _callers(name: str | None, split: str | None, runs: int) -> list[tuple[Voice
     return out
 
 
-async def main(runs: int, out: Path, caller: str | None = None, split: str | None = None) -> None:
+async def _one_call(
+    kind: str,
+    models: Models,
+    local: LocalServer,
+    port: int,
+    livekit: LiveKitSide,
+    voice: Voice,
+    run: int,
+) -> Result:
+    if kind == "sip":
+        return await _sip_run(models, local, voice)
+    if kind == "twilio":
+        return await _twilio_run(port, voice)
+    if kind in ("in-process", "stock"):
+        return await _loopback_run(models, voice, stock=kind == "stock")
+    if kind == "browser":
+        return await _browser_run(port, voice)
+    if kind == "livekit-rtc":
+        return await livekit.rtc(voice, run)
+    return await livekit.sip(voice)
+
+
+async def main(runs: int, out: Path, kinds: list[str], caller: str | None = None,
+               split: str | None = None) -> None:  # fmt: skip
     settings = load_settings()
     models = await load_models(settings)
     local = LocalServer(models)
     port = free_port()
-    await local.start("127.0.0.1", port)  # the HTTP server, for Twilio's WebSocket
+    await local.start("127.0.0.1", port)  # the page and Twilio's WebSocket
     callers = _callers(caller, split, runs)
-    kinds = ("sip", "twilio", "loopback")
-    v2v: dict[str, list[float]] = {k: [] for k in kinds}
-    greetings: dict[str, list[float]] = {k: [] for k in kinds}
-    timings: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    results: dict[str, list[Result]] = {k: [] for k in kinds}
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     per_run: list[dict[str, Any]] = []
+    failures: list[str] = []
     started = time.time()
+    livekit = LiveKitSide()
     try:
-        for run in range(runs):
-            voice, caller_name = callers[run]
-            order = kinds[run % 3 :] + kinds[: run % 3]  # each transport first once in three
-            for kind in order:
-                before = set(settings.calls_dir.glob("*.jsonl"))
-                if kind == "sip":
-                    v, greeting = await _sip_run(models, local, voice)
-                elif kind == "twilio":
-                    v, greeting = await _twilio_run(port, voice)
-                else:
-                    v, greeting = await _loopback_run(models, voice)
-                v2v[kind].extend(v)
-                timings[kind].extend(_record_timings(settings.calls_dir, before))
-                if greeting is not None:
-                    greetings[kind].append(greeting)
-                per_run.append(
-                    {"run": run, "transport": kind, "caller": caller_name,
-                     "voice_to_voice_ms": v, "time_to_greeting_ms": greeting}
-                )  # fmt: skip
-                print(f"run {run + 1}/{runs} {kind} ({caller_name}): {[round(x) for x in v]} ms, "
-                      f"greeting {greeting and round(greeting)} ms", file=sys.stderr)  # fmt: skip
+        with (
+            livekit.running()
+            if {"livekit-rtc", "livekit-sip"} & set(kinds)
+            else (contextlib.nullcontext())
+        ):
+            for run in range(runs):
+                voice, caller_name = callers[run]
+                order = kinds[run % len(kinds) :] + kinds[: run % len(kinds)]
+                for kind in order:
+                    await quiet_machine()
+                    before = set(settings.calls_dir.glob("*.jsonl"))
+                    try:
+                        r = await _one_call(kind, models, local, port, livekit, voice, run)
+                    except Exception as e:  # one transport's failure is reported, not fatal
+                        failures.append(f"run {run + 1} {kind}: {type(e).__name__}: {e}")
+                        print(f"run {run + 1}/{runs} {kind} FAILED: {e!r}", file=sys.stderr)
+                        continue
+                    await asyncio.sleep(1.0)  # the record's last lines reach the disk
+                    results[kind].append(r)
+                    rows[kind].extend(_timeline(r, _record_timings(settings.calls_dir, before)))
+                    per_run.append(
+                        {"run": run, "transport": kind, "caller": caller_name,
+                         "voice_to_voice_ms": r.v2v, "time_to_greeting_ms": r.greeting,
+                         "barge_in_pause_ms": r.barge_in}
+                    )  # fmt: skip
+                    print(f"run {run + 1}/{runs} {kind} ({caller_name}): "
+                          f"{[round(x) for x in r.v2v]} ms, greeting "
+                          f"{r.greeting and round(r.greeting)} ms, barge-in pause "
+                          f"{r.barge_in and round(r.barge_in)} ms {r.skipped}",
+                          file=sys.stderr)  # fmt: skip
         opened = list(getattr(models.tts, "openings", [0, 0]))
     finally:
         await local.stop()
         await models.aclose()
-    summaries = {k: _summary(v2v[k]) for k in kinds}
-    for kind, summary in summaries.items():
-        g = greetings[kind]
-        summary["time_to_greeting_p50_ms"] = round(statistics.median(g), 1) if g else None
-    names = {"sip": "SIP/RTP", "twilio": "Twilio Media Streams", "loopback": "in-process"}
-    stages = {names[k]: _stages(timings[k], v2v[k]) for k in kinds}
-    sip, loop = v2v["sip"], v2v["loopback"]
-    s_sip, s_loop = summaries["sip"], summaries["loopback"]
-    ratio = round(statistics.median(sip) / statistics.median(loop), 2) if sip and loop else None
+    summaries: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        summaries[kind] = _summary([x for r in results[kind] for x in r.v2v])
+        g = [r.greeting for r in results[kind] if r.greeting is not None]
+        summaries[kind]["time_to_greeting_p50_ms"] = round(statistics.median(g), 1) if g else None
+        b = [r.barge_in for r in results[kind] if r.barge_in is not None]
+        summaries[kind]["barge_in_pause_p50_ms"] = round(statistics.median(b), 1) if b else None
+        summaries[kind]["barge_ins_measured"] = len(b)
+    stages = {TRANSPORTS[k]: _medians(rows[k]) for k in kinds}
+    ratio = None
+    if summaries.get("stock", {}).get("p50_ms") and summaries.get("in-process", {}).get("p50_ms"):
+        ratio = round(summaries["stock"]["p50_ms"] / summaries["in-process"]["p50_ms"], 2)
     doc = {
-        "benchmark": "sip_latency",
+        "benchmark": "latency",
         "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "runs": runs,
         "lines": LINES,
         "caller": split or caller or "espeak:en-us",
         "callers": sorted({c for _, c in callers}),
-        "sip": s_sip,
-        "in_process": s_loop,
-        "twilio": summaries["twilio"],
-        "p50_ratio_sip_over_in_process": ratio,
+        "voice_to_voice": {TRANSPORTS[k]: summaries[k] for k in kinds},
+        "stock_over_ours_p50_in_process": ratio,
         "stage_medians_ms": stages,
         "replies_opened_from_the_piece_cache": {"replies": opened[0], "from_cache": opened[1]},
         "per_run": per_run,
+        "failed_calls": failures,
+        "turns": {TRANSPORTS[k]: rows[k] for k in kinds},
     }
     _write(out, doc)
-    print("| transport | turns | voice-to-voice P50 | P95 | time to greeting P50 |")
-    print("|---|---|---|---|---|")
-    rows = (("SIP/RTP (127.0.0.1)", s_sip), ("Twilio Media Streams (127.0.0.1)",
-            summaries["twilio"]), ("in-process", s_loop))  # fmt: skip
-    for name, s in rows:
-        print(f"| {name} | {s['turns']} | {s['p50_ms']} ms | {s['p95_ms']} ms "
-              f"| {s['time_to_greeting_p50_ms']} ms |")  # fmt: skip
-    print(f"\nP50 ratio SIP / in-process: {ratio}  (written to {out})")
+    print("| transport | turns | voice-to-voice P50 | P95 | time to greeting P50 "
+          "| barge-in pause P50 (n) |\n|---|---|---|---|---|---|")  # fmt: skip
+    for kind in kinds:
+        s = summaries[kind]
+        print(f"| {TRANSPORTS[kind]} | {s['turns']} | {s['p50_ms']} ms | {s['p95_ms']} ms "
+              f"| {s['time_to_greeting_p50_ms']} ms | {s['barge_in_pause_p50_ms']} ms "
+              f"({s['barge_ins_measured']}) |")  # fmt: skip
+    if ratio is not None:
+        print(f"\nstock / ours, in-process P50: {ratio}")
     print(f"replies whose first piece came from the piece cache: {opened[1]} of {opened[0]}")
-    print("\n| stage (median ms) | " + " | ".join(stages) + " |")
+    print("\n| median ms after the caller's last sample | " + " | ".join(stages) + " |")
     print("|---|" + "---|" * len(stages))
-    for key, label in [*STAGES, ("at_the_caller_ms", "first audio heard by the caller")]:
+    labels = [*TIMELINE, ("stt_final_after_vad_end", "STT final after the VAD's event"),
+              *DURATIONS]  # fmt: skip
+    for key, label in labels:
         print(f"| {label} | " + " | ".join(str(m[key]) for m in stages.values()) + " |")
-    png = _plot(stages, out)
-    if png is not None:
+    for failure in failures:
+        print(f"failed: {failure}")
+    print(f"\nwritten to {out}")
+    title = f"Where voice-to-voice goes ({split or caller or 'espeak:en-us'}, {runs} runs)"
+    if (png := _plot(stages, out, title)) is not None:
         print(f"plot: {png}")
 
 
@@ -375,12 +689,37 @@ def _write(out: Path, doc: dict[str, Any]) -> None:
     out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def _in_network_namespace(argv: list[str]) -> int | None:
+    """Re-run this script in a private network namespace with one veth pair (TEST-NET-1), so
+    WebRTC has a non-loopback interface and nothing leaves the machine; None if it cannot."""
+    if os.environ.get("BENCH_NETNS") or shutil.which("unshare") is None:
+        return None
+    if subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode != 0:
+        return None
+    script = ("ip link set lo up && ip link add vt0 type veth peer name vt1 && "
+              "ip addr add 192.0.2.1/24 dev vt0 && ip link set vt0 up && ip link set vt1 up "
+              '&& exec "$@"')  # fmt: skip
+    env = {**os.environ, "BENCH_NETNS": "1"}
+    cmd = ["unshare", "-rn", "sh", "-c", script, "sh", sys.executable, *argv]
+    return subprocess.run(cmd, env=env).returncode
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--transports", default=",".join(TRANSPORTS),
+                   help=f"comma-separated, of: {', '.join(TRANSPORTS)}")  # fmt: skip
     who = p.add_mutually_exclusive_group()
     who.add_argument("--caller", help='a voice of benchmarks/callers.py, e.g. "kokoro:bf_emma"')
     who.add_argument("--split", choices=["held-back", "tuning"], help="a voice of the set per run")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sip_latency.json")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/latency.json")
     a = p.parse_args()
-    asyncio.run(main(a.runs, a.out, a.caller, a.split))
+    chosen = [k.strip() for k in a.transports.split(",") if k.strip()]
+    if unknown := [k for k in chosen if k not in TRANSPORTS]:
+        p.error(f"unknown transport(s) {unknown}; choose from {', '.join(TRANSPORTS)}")
+    if NEEDS_NETWORK & set(chosen) and not os.environ.get("BENCH_NETNS"):
+        rc = _in_network_namespace(sys.argv)
+        if rc is not None:
+            sys.exit(rc)
+        print("warning: no network namespace here; WebRTC may not connect", file=sys.stderr)
+    asyncio.run(main(a.runs, a.out, chosen, a.caller, a.split))
