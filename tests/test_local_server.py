@@ -106,3 +106,34 @@ async def test_a_token_guards_the_page_offers_and_metrics(settings: Settings) ->
             assert (await other.get(url + "/metrics", headers=auth)).status == 200
     finally:
         await server.stop()
+
+
+async def test_browser_audio_is_decoded_one_frame_after_it_arrives() -> None:
+    """aiortc's audio jitter buffer holds four frames (80 ms) before decoding by default; the
+    call shortens it to one. This pins the private access in `shorten_audio_jitter_buffer`:
+    if aiortc renames its receiver's attributes, this fails rather than the calls quietly
+    getting 60 ms slower."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from worker.local.webrtc import AUDIO_PREFETCH, WebRTCCall
+
+    browser = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    browser.addTransceiver("audio", direction="sendrecv")
+    browser.createDataChannel("events")
+    await browser.setLocalDescription(await browser.createOffer())
+    call = WebRTCCall("pin-jitter")
+    try:
+        await call.answer(browser.localDescription.sdp, "offer")
+        audio = [r for r in call.pc.getReceivers() if r.track.kind == "audio"]
+        assert len(audio) == 1
+        buffer = audio[0]._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        assert buffer._prefetch == AUDIO_PREFETCH == 1
+        assert buffer.capacity == 16
+        # and the default it replaces is still aiortc's four frames (else revisit the note)
+        from aiortc import RTCRtpReceiver
+
+        fresh = RTCRtpReceiver("audio", call.pc.getTransceivers()[0].receiver.transport)
+        assert fresh._RTCRtpReceiver__jitter_buffer._prefetch == 4  # type: ignore[attr-defined]
+    finally:
+        await call.close()
+        await browser.close()

@@ -24,8 +24,10 @@ from aiortc import (
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from plugins.audio import DTMF_DIGITS, make_frame, mono
@@ -38,6 +40,31 @@ OUT_RATE = 24000
 FRAME_MS = 20
 MEDIA_TIMEOUT_S = 10.0
 """A browser sends audio continuously; this long without any means the page is gone."""
+
+
+AUDIO_PREFETCH = 1
+"""Received audio frames aiortc holds before decoding the oldest. Its default, 4, holds every
+20 ms Opus frame until four later ones have arrived: 80 ms added to every caller word and to
+every barge-in. One frame is the least its jitter buffer can hold (a frame counts as complete
+when the next one arrives); a lost packet stalls it the same either way, until the 16-packet
+buffer overflows."""
+
+
+def shorten_audio_jitter_buffer(receiver: RTCRtpReceiver) -> bool:
+    """Give an audio receiver a jitter buffer that holds ``AUDIO_PREFETCH`` frames.
+
+    aiortc has no setting for this; its receiver builds the buffer in ``__init__``. This is
+    the one place that reaches into it (pinned by ``test_local_server.py``); if aiortc
+    renames it, calls keep its default and a warning says so. Returns whether it applied."""
+    if getattr(receiver, "_RTCRtpReceiver__kind", None) != "audio":
+        return False
+    if not isinstance(getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None), JitterBuffer):
+        logger.warning("aiortc's receiver changed: its 80 ms audio jitter buffer stays")
+        return False
+    receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(  # type: ignore[attr-defined]
+        capacity=16, prefetch=AUDIO_PREFETCH
+    )
+    return True
 
 
 class OfferError(ValueError):
@@ -145,6 +172,8 @@ class WebRTCCall(Call):
                 raise OfferError(f"the offer has no {need[2:-1]} (WebRTC needs DTLS and ICE)")
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            for receiver in self.pc.getReceivers():  # before the first packet can arrive
+                shorten_audio_jitter_buffer(receiver)
             self.pc.addTrack(_AgentTrack(self))
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
