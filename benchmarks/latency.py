@@ -555,7 +555,7 @@ def _callers(name: str | None, split: str | None, runs: int) -> list[tuple[Voice
         names = [name or ""] * runs
     out: list[tuple[Voice, str]] = []
     for n in names:
-        rendered = {line: corpus.render(line, n, "16k") for line in LINES}
+        rendered = {line: corpus.render(line, n, "16k") for line in [*LINES, ASK, INTERRUPT]}
         out.append((rendered.__getitem__, n))
     return out
 
