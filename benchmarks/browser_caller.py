@@ -39,7 +39,7 @@ FLAGS = [
 
 PROBE = """
 (() => {
-  const probe = (window.__probe = { voiced: [], said: [] });
+  const probe = (window.__probe = { voiced: [], said: [], pcs: [] });
   const ctx = new AudioContext({ sampleRate: 48000 });
   const mic = ctx.createMediaStreamDestination();
   // a microphone never goes silent-by-absence: without a source the track sends nothing
@@ -81,10 +81,23 @@ PROBE = """
   class Tapped extends Native {
     constructor(...args) {
       super(...args);
+      probe.pcs.push(this);
       this.addEventListener("track", (e) => { if (e.track.kind === "audio") tap(e.track); });
     }
   }
   window.RTCPeerConnection = Tapped;
+  // Chrome's own account of the agent's audio: mean jitter-buffer delay (ms) and loss
+  window.__receiveStats = async () => {
+    for (const pc of probe.pcs) {
+      for (const r of (await pc.getStats()).values()) {
+        if (r.type === "inbound-rtp" && r.kind === "audio" && r.jitterBufferEmittedCount) {
+          return { jitter_buffer_ms: 1000 * r.jitterBufferDelay / r.jitterBufferEmittedCount,
+                   packets_lost: r.packetsLost, concealed_samples: r.concealedSamples };
+        }
+      }
+    }
+    return null;
+  };
 })();
 """
 
@@ -108,6 +121,8 @@ class BrowserCaller:
         self.rate = rate
         self.voiced_at: list[float] = []
         self.connected_at = 0.0
+        self.receive_stats: dict[str, float] | None = None
+        """Chrome's statistics of the agent's audio, read as the call ends."""
         self._ids = itertools.count(1)
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-browser-", ignore_cleanup_errors=True)
@@ -137,6 +152,8 @@ class BrowserCaller:
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        with contextlib.suppress(Exception):
+            self.receive_stats = await self._eval("window.__receiveStats()")
         with contextlib.suppress(Exception):
             await self._eval("document.getElementById('hangup').click()")
             await asyncio.sleep(0.5)  # the hang-up message reaches the worker

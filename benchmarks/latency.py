@@ -192,6 +192,8 @@ class Result:
     greeting: float | None = None
     barge_in: float | None = None
     skipped: str = ""
+    receive_stats: dict[str, float] | None = None
+    """The caller's own receive statistics, where it keeps them (the browser)."""
 
 
 QUIET = 1.5
@@ -333,7 +335,9 @@ async def _browser_run(port: int, voice: Voice) -> Result:
     from browser_caller import BrowserCaller
 
     async with BrowserCaller(f"http://127.0.0.1:{port}/?autoconnect=1", rate=16000) as caller:
-        return await _converse(caller, voice, caller.connected_at, rate=16000)
+        result = await _converse(caller, voice, caller.connected_at, rate=16000)
+    result.receive_stats = caller.receive_stats
+    return result
 
 
 class LiveKitSide:
@@ -506,25 +510,27 @@ def _plot(stages: dict[str, dict[str, Any]], out: Path, title: str) -> Path | No
     except ImportError:
         print("matplotlib is not installed (pip install '.[bench]'): no plot", file=sys.stderr)
         return None
-    fig, ax = plt.subplots(figsize=(10, 0.9 + 0.55 * len(stages)))
+    fig, ax = plt.subplots(figsize=(10, 2.2 + 0.55 * len(stages)))
     colours = [plt.get_cmap("tab10")(i) for i in range(10)]
     names = list(stages)
     labelled: set[str] = set()
+    colour = {key: colours[i] for i, (key, _) in enumerate(TIMELINE)}
+    label = dict(TIMELINE)
     for y, name in enumerate(names):
-        prev = 0.0
-        for i, (key, label) in enumerate(TIMELINE):
-            at = stages[name].get(key)
-            if at is None:
-                continue
-            ax.barh(y, at - prev, left=prev, color=colours[i], edgecolor="white",
-                    label=None if key in labelled else label)  # fmt: skip
+        # in time order: the stock VAD's event, for one, comes after the STT final
+        med = stages[name]
+        points = sorted((med[key], key) for key, _ in TIMELINE if med.get(key) is not None)
+        prev = min(0.0, points[0][0]) if points else 0.0
+        for at, key in points:
+            ax.barh(y, at - prev, left=prev, color=colour[key], edgecolor="white",
+                    label=None if key in labelled else label[key])  # fmt: skip
             labelled.add(key)
             prev = at
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlabel("median ms after the caller's last sample")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     fig.tight_layout()
     png = out.with_suffix(".png")
     fig.savefig(png, dpi=100)
@@ -620,7 +626,7 @@ async def main(runs: int, out: Path, kinds: list[str], caller: str | None = None
                     per_run.append(
                         {"run": run, "transport": kind, "caller": caller_name,
                          "voice_to_voice_ms": r.v2v, "time_to_greeting_ms": r.greeting,
-                         "barge_in_pause_ms": r.barge_in}
+                         "barge_in_pause_ms": r.barge_in, "receive_stats": r.receive_stats}
                     )  # fmt: skip
                     print(f"run {run + 1}/{runs} {kind} ({caller_name}): "
                           f"{[round(x) for x in r.v2v]} ms, greeting "
@@ -639,6 +645,9 @@ async def main(runs: int, out: Path, kinds: list[str], caller: str | None = None
         b = [r.barge_in for r in results[kind] if r.barge_in is not None]
         summaries[kind]["barge_in_pause_p50_ms"] = round(statistics.median(b), 1) if b else None
         summaries[kind]["barge_ins_measured"] = len(b)
+        jb = [r.receive_stats["jitter_buffer_ms"] for r in results[kind] if r.receive_stats]
+        if jb:
+            summaries[kind]["caller_jitter_buffer_ms"] = round(statistics.median(jb), 1)
     stages = {TRANSPORTS[k]: _medians(rows[k]) for k in kinds}
     ratio = None
     if summaries.get("stock", {}).get("p50_ms") and summaries.get("in-process", {}).get("p50_ms"):
@@ -669,6 +678,10 @@ async def main(runs: int, out: Path, kinds: list[str], caller: str | None = None
               f"({s['barge_ins_measured']}) |")  # fmt: skip
     if ratio is not None:
         print(f"\nstock / ours, in-process P50: {ratio}")
+    for kind in kinds:
+        if (held := summaries[kind].get("caller_jitter_buffer_ms")) is not None:
+            print(f"{TRANSPORTS[kind]}: the caller's jitter buffer held the agent's audio "
+                  f"{held} ms on average (median over calls)")  # fmt: skip
     print(f"replies whose first piece came from the piece cache: {opened[1]} of {opened[0]}")
     print("\n| median ms after the caller's last sample | " + " | ".join(stages) + " |")
     print("|---|" + "---|" * len(stages))
