@@ -344,24 +344,16 @@ class LiveKitSide:
     """A LiveKit server and LiveKit SIP on loopback with a ``python -m worker dev`` registered
     (what ``livekit_latency.py`` runs), for as long as the benchmark."""
 
-    SPEC = """
-agent_name: voice-agent
-inbound_trunks:
-  - {name: bench, numbers: ["+15551230000"], allowed_addresses: ["127.0.0.1/32"]}
-dispatch_rules:
-  - {name: bench-calls, type: individual, trunks: [bench], room_prefix: bench-}
-"""
-
     @contextlib.contextmanager
     def running(self) -> Iterator[LiveKitSide]:
-        from livekit_latency import start_worker
+        from livekit_latency import SPEC, start_worker
 
         from infra import livekit as stack
 
         self.conf = stack.StackConfig(port=free_port(), sip=True, sip_port=free_port())
         with tempfile.TemporaryDirectory() as tmp, stack.running(self.conf):
             spec = Path(tmp) / "sip.yaml"
-            spec.write_text(self.SPEC)
+            spec.write_text(SPEC)  # the trunk and dispatch rule livekit_latency.py uses
             env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKER_"))}
             env.update(self.conf.env())
             subprocess.run([sys.executable, "-m", "worker", "provision", str(spec)], env=env,
